@@ -1,0 +1,1 @@
+//! Sanhak end-to-end test helpers.
