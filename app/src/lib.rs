@@ -1,1 +1,18 @@
-//! Sanhak web app.
+//! Sanhak: the lab platform for industry–university AI courses.
+//!
+//! This crate holds the web app, its JSON API and the `sanhak` command line.
+//! The library exposes [`web::build_router`] and [`startup::Application`]
+//! (which can bind port 0), so tests run exactly what production runs.
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod demo;
+pub mod domain;
+pub mod error;
+pub mod secrets;
+pub mod startup;
+pub mod state;
+pub mod telemetry;
+pub mod web;

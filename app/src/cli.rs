@@ -1,0 +1,187 @@
+//! The `sanhak` command line.
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Settings;
+use crate::db::{orgs, users, Db};
+use crate::domain::{DisplayName, Email, NewPassword, OrgRole, UserKind};
+use crate::startup::Application;
+use crate::{demo, secrets, telemetry};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sanhak",
+    version,
+    about = "Sanhak: the lab platform for industry-university AI courses",
+    long_about = "Sanhak: the lab platform for industry-university AI courses.\n\n\
+Every setting can be given as a flag, as the environment variable shown, or in \
+sanhak.toml (same names, snake_case). Flags and environment win over the file."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub settings: Settings,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the web app (migrations are applied at start).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Seed a local example (university, company, people, a course) and serve it.
+    Demo {
+        /// Seed the data, print the logins, and exit without serving.
+        #[arg(long)]
+        seed_only: bool,
+    },
+    /// Manage accounts.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Create an account. Prints a one-time password when none is given.
+    Add {
+        /// Email address (the login).
+        #[arg(long)]
+        email: String,
+        /// Account kind.
+        #[arg(long, value_parser = ["admin", "instructor", "student", "company"])]
+        role: String,
+        /// Display name (default: the part of the email before `@`).
+        #[arg(long)]
+        name: Option<String>,
+        /// Password (at least 10 characters); read from SANHAK_NEW_PASSWORD when set.
+        #[arg(long, env = "SANHAK_NEW_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+        /// Add the account to this organisation (by slug).
+        #[arg(long)]
+        org: Option<String>,
+        /// Role in that organisation.
+        #[arg(long, default_value = "member", value_parser = ["member", "admin"])]
+        org_role: String,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run(cli))
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = cli.settings.resolve()?;
+    telemetry::init(&config.log);
+    match cli.command {
+        Command::Serve => {
+            let app = Application::build(config).await?;
+            tracing::info!(address = %app.local_addr()?, "listening");
+            app.run_until_stopped().await
+        }
+        Command::Migrate => {
+            let db = Db::connect(config.database_url.expose()).await?;
+            db.migrate().await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Demo { seed_only } => {
+            let app = Application::build_or_seed(config, seed_only).await?;
+            match app {
+                Some(app) => app.run_until_stopped().await,
+                None => Ok(()),
+            }
+        }
+        Command::User(UserCommand::Add { email, role, name, password, org, org_role }) => {
+            let db = Db::connect(config.database_url.expose()).await?;
+            db.migrate().await?;
+            add_user(&db, &email, &role, name.as_deref(), password, org.as_deref(), &org_role).await
+        }
+    }
+}
+
+async fn add_user(
+    db: &Db,
+    email: &str,
+    role: &str,
+    name: Option<&str>,
+    password: Option<String>,
+    org: Option<&str>,
+    org_role: &str,
+) -> anyhow::Result<()> {
+    let email = Email::parse(email).map_err(|_| anyhow::anyhow!("not a valid email address: {email}"))?;
+    let kind = UserKind::parse(role).ok_or_else(|| anyhow::anyhow!("unknown role {role}"))?;
+    let default_name = email.as_str().split('@').next().unwrap_or_default().to_owned();
+    let name = DisplayName::parse(name.unwrap_or(&default_name))
+        .map_err(|_| anyhow::anyhow!("the display name must be 1 to 100 characters"))?;
+    let org = match org {
+        Some(slug) => Some(
+            orgs::by_slug(db, slug)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no organisation with slug {slug}"))?,
+        ),
+        None => None,
+    };
+    let (password, generated) = match password {
+        Some(p) => {
+            NewPassword::parse(&p).map_err(|_| {
+                anyhow::anyhow!("the password must be at least {} characters", NewPassword::MIN_LEN)
+            })?;
+            (p, false)
+        }
+        None => (secrets::new_token(""), true),
+    };
+    let hash = secrets::hash_password_blocking(password.clone()).await?;
+    let user = users::create(db, &email, &name, &hash, kind).await?;
+    if let Some(org) = org {
+        let role = OrgRole::parse(org_role).unwrap_or(OrgRole::Member);
+        orgs::set_member(db, &org.id, &user.id, role).await?;
+    }
+    println!("created {} ({})", user.email, user.kind);
+    if generated {
+        println!("one-time password: {password}");
+        println!("(shown once; ask the user to keep it safe)");
+    }
+    Ok(())
+}
+
+impl Application {
+    /// For `sanhak demo`: migrate, seed, print the logins, then (unless
+    /// `seed_only`) return the application ready to serve.
+    pub async fn build_or_seed(config: crate::config::Config, seed_only: bool) -> anyhow::Result<Option<Self>> {
+        let db_path = config.database_url.expose().to_owned();
+        let app = if seed_only {
+            let db = Db::connect(&db_path).await?;
+            db.migrate().await?;
+            let seeded = demo::seed(&db).await?;
+            print_logins(None, &seeded);
+            return Ok(None);
+        } else {
+            Application::build(config).await?
+        };
+        let seeded = demo::seed(&app.state.db).await?;
+        print_logins(Some(app.local_addr()?), &seeded);
+        Ok(Some(app))
+    }
+}
+
+fn print_logins(addr: Option<std::net::SocketAddr>, seeded: &demo::Seeded) {
+    println!();
+    match addr {
+        Some(addr) => println!("Sanhak demo is running at http://{addr}/"),
+        None => println!("Sanhak demo data is ready."),
+    }
+    println!();
+    println!("Demo logins (password for all: {}):", demo::DEMO_PASSWORD);
+    for a in demo::ACCOUNTS {
+        println!("  {:<11} {}", a.kind.as_str(), a.email);
+    }
+    println!();
+    println!("Demo course: {} {} (join code {})", demo::COURSE_CODE, demo::COURSE_TERM, seeded.join_code);
+    if addr.is_some() {
+        println!("Press Ctrl-C to stop.");
+    }
+}

@@ -1,0 +1,130 @@
+//! The HTTP surface: pages, the JSON API and operations endpoints, with one
+//! folder per area (the same names as `db/` and `templates/`).
+
+pub mod accounts;
+pub mod admin;
+pub mod api;
+pub mod courses;
+pub mod home;
+pub mod metrics;
+pub mod ops;
+pub mod orgs;
+pub mod settings;
+pub mod templates;
+
+use std::sync::Arc;
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::{header, HeaderValue};
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::TraceLayer;
+use tower_sessions::cookie::{Key, SameSite};
+use tower_sessions::{Expiry, SessionManagerLayer};
+
+use crate::auth::store::Store;
+use crate::auth::{self, csrf};
+use crate::error::AppError;
+use crate::state::AppState;
+
+/// Sessions expire after a week without activity.
+const SESSION_IDLE_DAYS: i64 = 7;
+pub const SESSION_COOKIE: &str = "sanhak_session";
+
+/// Every HTML route. All of them sit behind the CSRF guard.
+fn pages() -> Router<AppState> {
+    Router::new()
+        .route("/", get(home::index))
+        .route("/dashboard", get(home::dashboard))
+        .route("/signup", get(accounts::signup_page).post(accounts::signup))
+        .route("/login", get(accounts::login_page).post(accounts::login))
+        .route("/logout", post(accounts::logout))
+        .route("/invite/{token}", get(accounts::invite_page).post(accounts::accept_invite))
+        .route("/courses/new", get(courses::new_page).post(courses::create))
+        .route("/courses/join", get(courses::join_page).post(courses::join))
+        .route("/courses/{course_id}", get(courses::show))
+        .route("/courses/{course_id}/join-code", post(courses::regenerate_code))
+        .route("/courses/{course_id}/roster", get(courses::roster))
+        .route("/courses/{course_id}/roster.csv", get(courses::roster_export))
+        .route("/courses/{course_id}/roster/tas", post(courses::add_ta))
+        .route("/courses/{course_id}/roster/tas/{user_id}/remove", post(courses::remove_ta))
+        .route("/courses/{course_id}/roster/students/{user_id}/remove", post(courses::remove_student))
+        .route("/orgs/{slug}", get(orgs::show))
+        .route("/orgs/{slug}/members", post(orgs::add_member))
+        .route("/orgs/{slug}/members/{user_id}/remove", post(orgs::remove_member))
+        .route("/orgs/{slug}/invitations", post(orgs::invite))
+        .route("/settings/tokens", get(settings::tokens_index).post(settings::create_token))
+        .route("/settings/tokens/{token_id}/revoke", post(settings::revoke_token))
+        .route("/admin/users", get(admin::users_index).post(admin::create_user))
+        .route("/admin/users/{user_id}/kind", post(admin::set_kind))
+        .route("/admin/users/{user_id}/disabled", post(admin::set_disabled))
+        .route("/admin/invitations", post(admin::create_invite))
+        .route("/admin/orgs", get(admin::orgs_index).post(admin::create_org))
+        .layer(from_fn(csrf::guard))
+}
+
+async fn not_found() -> AppError {
+    AppError::NotFound
+}
+
+/// The 64-byte cookie-signing key, derived from the configured secret.
+fn signing_key(secret: &str) -> Key {
+    use sha2::Digest as _;
+    Key::from(sha2::Sha512::digest(secret.as_bytes()).as_slice())
+}
+
+/// The whole application router.
+pub fn build_router(state: AppState, store: Store) -> Router {
+    let (api, openapi) = api::router();
+    let openapi = Arc::new(openapi);
+    let sessions = SessionManagerLayer::new(store)
+        .with_name(SESSION_COOKIE)
+        .with_http_only(true)
+        .with_same_site(SameSite::Lax)
+        .with_secure(state.config.secure_cookies)
+        .with_expiry(Expiry::OnInactivity(time::Duration::days(SESSION_IDLE_DAYS)))
+        .with_signed(signing_key(state.config.session_secret.expose()));
+    Router::new()
+        .merge(pages())
+        .merge(api)
+        .route("/api/v1/openapi.json", get(move || async move { Json(openapi.as_ref().clone()) }))
+        .route("/healthz", get(ops::healthz))
+        .route("/metrics", get(metrics::export))
+        .route("/static/{*path}", get(ops::asset))
+        .fallback(not_found)
+        .layer(from_fn_with_state(state.clone(), auth::authenticate))
+        .layer(sessions)
+        .layer(from_fn(api::json_errors))
+        .layer(from_fn_with_state(state.clone(), metrics::track))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                let route = req
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map(MatchedPath::as_str)
+                    .unwrap_or("unmatched");
+                tracing::info_span!("request", method = %req.method(), route)
+            }),
+        )
+        .layer(CatchPanicLayer::new())
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("same-origin"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'self'; img-src 'self' data:; style-src 'self'; frame-ancestors 'none'"),
+        ))
+        .with_state(state)
+}

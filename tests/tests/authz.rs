@@ -1,0 +1,245 @@
+//! The authorization matrix: every route × every kind of caller, asserting
+//! allowed or denied. Denied means a login redirect (pages) or 401 (API) for
+//! visitors, and 403 for signed-in callers. A route that is missing from the
+//! matrix fails the test, so the matrix grows with the app.
+
+use std::collections::BTreeSet;
+
+use reqwest::{Method, StatusCode};
+use sanhak::db::courses;
+use sanhak::domain::{CourseRole, OrgKind, OrgRole, UserKind};
+use sanhak_tests::{both_backends, location, Api, Browser, TestApp, PASSWORD};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Who {
+    Anonymous,
+    Outsider,
+    Student,
+    Ta,
+    Instructor,
+    Company,
+    Admin,
+}
+
+use Who::*;
+
+const EVERYONE: &[Who] = &[Anonymous, Outsider, Student, Ta, Instructor, Company, Admin];
+const SIGNED_IN: &[Who] = &[Outsider, Student, Ta, Instructor, Company, Admin];
+const MEMBERS: &[Who] = &[Student, Ta, Instructor, Admin];
+const STAFF: &[Who] = &[Ta, Instructor, Admin];
+const TEACHER: &[Who] = &[Instructor, Admin];
+const ADMIN: &[Who] = &[Admin];
+const CREATORS: &[Who] = &[Instructor, Admin];
+
+struct Row {
+    method: &'static str,
+    path: &'static str,
+    allowed: &'static [Who],
+}
+
+const fn row(method: &'static str, path: &'static str, allowed: &'static [Who]) -> Row {
+    Row { method, path, allowed }
+}
+
+/// `{course}` is course A (the outsider studies course B); `{org}` is the
+/// company the company member belongs to (as a plain member).
+const PAGES: &[Row] = &[
+    row("GET", "/", EVERYONE),
+    row("GET", "/dashboard", SIGNED_IN),
+    row("GET", "/signup", EVERYONE),
+    row("POST", "/signup", EVERYONE),
+    row("GET", "/login", EVERYONE),
+    row("POST", "/login", EVERYONE),
+    row("POST", "/logout", EVERYONE),
+    row("GET", "/invite/{token}", EVERYONE),
+    row("POST", "/invite/{token}", EVERYONE),
+    row("GET", "/courses/new", CREATORS),
+    row("POST", "/courses/new", CREATORS),
+    row("GET", "/courses/join", SIGNED_IN),
+    row("POST", "/courses/join", SIGNED_IN),
+    row("GET", "/courses/{course_id}", MEMBERS),
+    row("POST", "/courses/{course_id}/join-code", TEACHER),
+    row("GET", "/courses/{course_id}/roster", STAFF),
+    row("GET", "/courses/{course_id}/roster.csv", STAFF),
+    row("POST", "/courses/{course_id}/roster/tas", TEACHER),
+    row("POST", "/courses/{course_id}/roster/tas/{user_id}/remove", TEACHER),
+    row("POST", "/courses/{course_id}/roster/students/{user_id}/remove", TEACHER),
+    row("GET", "/orgs/{slug}", SIGNED_IN),
+    row("POST", "/orgs/{slug}/members", ADMIN),
+    row("POST", "/orgs/{slug}/members/{user_id}/remove", ADMIN),
+    row("POST", "/orgs/{slug}/invitations", ADMIN),
+    row("GET", "/settings/tokens", SIGNED_IN),
+    row("POST", "/settings/tokens", SIGNED_IN),
+    row("POST", "/settings/tokens/{token_id}/revoke", SIGNED_IN),
+    row("GET", "/admin/users", ADMIN),
+    row("POST", "/admin/users", ADMIN),
+    row("POST", "/admin/users/{user_id}/kind", ADMIN),
+    row("POST", "/admin/users/{user_id}/disabled", ADMIN),
+    row("POST", "/admin/invitations", ADMIN),
+    row("GET", "/admin/orgs", ADMIN),
+    row("POST", "/admin/orgs", ADMIN),
+    row("GET", "/healthz", EVERYONE),
+    row("GET", "/metrics", EVERYONE),
+    row("GET", "/static/{*path}", EVERYONE),
+    row("GET", "/api/v1/openapi.json", EVERYONE),
+];
+
+const API: &[Row] = &[
+    row("GET", "/api/v1/me", SIGNED_IN),
+    row("GET", "/api/v1/courses", SIGNED_IN),
+    row("POST", "/api/v1/courses", CREATORS),
+    row("POST", "/api/v1/courses/join", SIGNED_IN),
+    row("GET", "/api/v1/courses/{course_id}", MEMBERS),
+    row("POST", "/api/v1/courses/{course_id}/join-code", TEACHER),
+    row("GET", "/api/v1/courses/{course_id}/roster", STAFF),
+    row("POST", "/api/v1/courses/{course_id}/roster/tas", TEACHER),
+    row("DELETE", "/api/v1/courses/{course_id}/roster/{user_id}", TEACHER),
+];
+
+struct World {
+    course_a: String,
+    company_slug: String,
+    bystander_id: String,
+    browsers: Vec<(Who, Browser)>,
+    tokens: Vec<(Who, Option<String>)>,
+    emails: Vec<(Who, String)>,
+}
+
+async fn world(app: &TestApp) -> World {
+    let uni = app.create_org("matrix-univ", OrgKind::University).await;
+    let company = app.create_org("matrix-co", OrgKind::Company).await;
+    let mut emails = Vec::new();
+    let mut ids = Vec::new();
+    for (who, kind) in [
+        (Outsider, UserKind::Student),
+        (Student, UserKind::Student),
+        (Ta, UserKind::Student),
+        (Instructor, UserKind::Instructor),
+        (Company, UserKind::Company),
+        (Admin, UserKind::Admin),
+    ] {
+        let email = format!("{who:?}@matrix.ac.kr").to_lowercase();
+        let user = app.create_user(&email, kind).await;
+        emails.push((who, email));
+        ids.push((who, user.id));
+    }
+    let id = |w: Who| ids.iter().find(|(x, _)| *x == w).map(|(_, id)| id.clone()).unwrap();
+    sanhak::db::orgs::set_member(&app.db, &uni.id, &id(Instructor), OrgRole::Member).await.unwrap();
+    sanhak::db::orgs::set_member(&app.db, &company.id, &id(Company), OrgRole::Member).await.unwrap();
+    let code = |c: &str| sanhak::domain::CourseCode::parse(c).unwrap();
+    let new = |code: &'static str| code;
+    let (a, b) = (code(new("MAT1")), code(new("MAT2")));
+    let course_a = courses::create(
+        &app.db,
+        courses::NewCourse { code: &a, title: "A", term: "t", university_id: &uni.id, description: "", instructor_id: &id(Instructor) },
+    )
+    .await
+    .unwrap();
+    let course_b = courses::create(
+        &app.db,
+        courses::NewCourse { code: &b, title: "B", term: "t", university_id: &uni.id, description: "", instructor_id: &id(Instructor) },
+    )
+    .await
+    .unwrap();
+    courses::enroll(&app.db, &course_a, &id(Student), CourseRole::Student).await.unwrap();
+    courses::enroll(&app.db, &course_a, &id(Ta), CourseRole::Ta).await.unwrap();
+    courses::enroll(&app.db, &course_b, &id(Outsider), CourseRole::Student).await.unwrap();
+    let bystander = app.create_user("bystander@matrix.ac.kr", UserKind::Student).await;
+
+    let mut browsers = vec![(Anonymous, app.browser())];
+    let mut tokens = vec![(Anonymous, None)];
+    for (who, email) in &emails {
+        let b = app.browser();
+        assert_eq!(b.login(email, PASSWORD).await.status(), StatusCode::SEE_OTHER);
+        let user_id = id(*who);
+        tokens.push((*who, Some(sanhak::db::tokens::create(&app.db, &user_id, "matrix").await.unwrap())));
+        browsers.push((*who, b));
+    }
+    World { course_a, company_slug: company.slug, bystander_id: bystander.id, browsers, tokens, emails }
+}
+
+fn concrete(path: &str, w: &World) -> String {
+    path.replace("{course_id}", &w.course_a)
+        .replace("{slug}", &w.company_slug)
+        .replace("{user_id}", &w.bystander_id)
+        .replace("{token}", "inv_0000")
+        .replace("{token_id}", "no-such-token")
+        .replace("{*path}", "style.css")
+}
+
+/// Harmless bodies: they exercise the handler without changing what later rows rely on.
+fn form_for(path: &str) -> Vec<(&'static str, &'static str)> {
+    if path.ends_with("/kind") {
+        vec![("kind", "student")]
+    } else if path.ends_with("/disabled") {
+        vec![("disabled", "0")]
+    } else if path == "/admin/invitations" {
+        vec![("kind", "instructor")]
+    } else {
+        Vec::new()
+    }
+}
+
+fn page_denied(who: Who, status: StatusCode, location: &str) -> bool {
+    match who {
+        Anonymous => status == StatusCode::SEE_OTHER && location.starts_with("/login"),
+        _ => status == StatusCode::FORBIDDEN,
+    }
+}
+
+both_backends!(authorization_matrix, |app: TestApp| async move {
+    let w = world(&app).await;
+    let mut failures = Vec::new();
+    for r in PAGES {
+        for (who, b) in &w.browsers {
+            let path = concrete(r.path, &w);
+            let resp = match r.method {
+                "GET" => b.get(&path).await,
+                _ => b.post_form(&path, &form_for(r.path)).await,
+            };
+            let (status, loc) = (resp.status(), location(&resp));
+            let allowed = r.allowed.contains(who);
+            let denied = page_denied(*who, status, &loc);
+            if allowed == denied || status.is_server_error() {
+                failures.push(format!("{} {} as {who:?}: {status} {loc} (expected {})", r.method, r.path, if allowed { "allowed" } else { "denied" }));
+            }
+            if r.path == "/logout" && *who != Anonymous {
+                let email = &w.emails.iter().find(|(x, _)| x == who).unwrap().1;
+                assert_eq!(b.login(email, PASSWORD).await.status(), StatusCode::SEE_OTHER);
+            }
+        }
+    }
+    for r in API {
+        for (who, token) in &w.tokens {
+            let api = Api::new(&app, token.clone());
+            let path = concrete(r.path, &w);
+            let method = Method::from_bytes(r.method.as_bytes()).unwrap();
+            let mut req = api.request(method.clone(), &path);
+            if method == Method::POST {
+                req = req.json(&serde_json::json!({}));
+            }
+            let status = req.send().await.unwrap().status();
+            let allowed = r.allowed.contains(who);
+            let denied = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);
+            if allowed == denied || status.is_server_error() {
+                failures.push(format!("{} {} as {who:?}: {status} (expected {})", r.method, r.path, if allowed { "allowed" } else { "denied" }));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "authorization matrix failures:\n{}", failures.join("\n"));
+
+    // Completeness: every route the app registers is in the matrix.
+    let router_source = include_str!("../../app/src/web/mod.rs");
+    let mut registered = BTreeSet::new();
+    for chunk in router_source.split(".route(\"").skip(1) {
+        let path: String = chunk.chars().take_while(|c| *c != '"').collect();
+        registered.insert(path);
+    }
+    let api_source = include_str!("../../app/src/web/api/courses.rs");
+    for chunk in api_source.split("path = \"").skip(1) {
+        registered.insert(chunk.chars().take_while(|c| *c != '"').collect());
+    }
+    let in_matrix: BTreeSet<String> = PAGES.iter().chain(API).map(|r| r.path.to_owned()).collect();
+    let missing: Vec<_> = registered.difference(&in_matrix).collect();
+    assert!(missing.is_empty(), "routes missing from the authorization matrix: {missing:?}");
+});
