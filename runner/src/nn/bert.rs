@@ -119,7 +119,9 @@ impl BertConfig {
     }
 
     pub fn validate(&self) -> std::result::Result<(), String> {
-        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return Err(format!(
                 "hidden_size ({}) must be a positive multiple of num_attention_heads ({})",
                 self.hidden_size, self.num_attention_heads
@@ -708,6 +710,41 @@ impl BertTokenizer {
     }
 }
 
+/// Byte-level input ids, for a small encoder that Sanhak trains itself when
+/// no tokenizer file is at hand: 0 is `[PAD]`, 1 `[CLS]`, 2 `[SEP]`, and byte
+/// `b` is `b + 3` (use [`BYTE_BERT_VOCAB`] as the config's `vocab_size`).
+pub const BYTE_BERT_VOCAB: usize = 256 + 3;
+const BYTE_CLS: u32 = 1;
+const BYTE_SEP: u32 = 2;
+
+/// `[CLS]`, the first `max_len − 2` UTF-8 bytes of `text` (each + 3), `[SEP]`.
+pub fn encode_bytes(text: &str, max_len: usize) -> Vec<u32> {
+    let keep = max_len.saturating_sub(2);
+    std::iter::once(BYTE_CLS)
+        .chain(text.bytes().take(keep).map(|b| u32::from(b) + 3))
+        .chain(std::iter::once(BYTE_SEP))
+        .collect()
+}
+
+/// How sentences become ids: a Hugging Face WordPiece tokenizer, or bytes.
+pub enum TextEncoder {
+    WordPiece(Box<BertTokenizer>),
+    Bytes { max_len: usize },
+}
+
+impl TextEncoder {
+    /// A padded batch of sentences.
+    pub fn encode_batch(&self, texts: &[&str], device: &Device) -> Result<EncodedBatch> {
+        match self {
+            TextEncoder::WordPiece(t) => t.encode_batch(texts, device),
+            TextEncoder::Bytes { max_len } => {
+                let ids: Vec<Vec<u32>> = texts.iter().map(|t| encode_bytes(t, *max_len)).collect();
+                EncodedBatch::from_ids(&ids, 0, device)
+            }
+        }
+    }
+}
+
 /// A Hugging Face BERT folder loaded: config, encoder tensors and tokenizer.
 pub struct HfBert {
     pub config: BertConfig,
@@ -1213,6 +1250,29 @@ mod tests {
         assert!(
             related > unrelated + 0.3,
             "related {related} vs unrelated {unrelated}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn byte_encoding_handles_korean_and_truncates() -> Result<()> {
+        let ids = encode_bytes("가a", 16);
+        assert_eq!(
+            ids,
+            vec![1, 0xEA + 3, 0xB0 + 3, 0x80 + 3, u32::from(b'a') + 3, 2]
+        );
+        assert_eq!(
+            encode_bytes("abcdef", 5),
+            vec![1, 97 + 3, 98 + 3, 99 + 3, 2]
+        );
+        assert!(encode_bytes("\u{ff}", 8)
+            .iter()
+            .all(|&i| (i as usize) < BYTE_BERT_VOCAB));
+        let b = TextEncoder::Bytes { max_len: 8 }.encode_batch(&["ab", "abcd"], &Device::Cpu)?;
+        assert_eq!(b.input_ids.dims(), &[2, 6]);
+        assert_eq!(
+            b.attention_mask.to_vec2::<u32>()?[0],
+            vec![1, 1, 1, 1, 0, 0]
         );
         Ok(())
     }

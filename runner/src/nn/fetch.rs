@@ -244,6 +244,10 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
+        // `<base>/tmp` itself goes too when nothing else is in it.
+        if let Some(parent) = self.0.parent() {
+            let _ = fs::remove_dir(parent);
+        }
     }
 }
 
