@@ -1,0 +1,180 @@
+//! Training programs.
+//!
+//! A program is a model family plus its training loop and its metric. Labs
+//! name one in `[program] name`. To add a program (BERT sentence classifier,
+//! byte-level GPT, …), implement [`Program`] and list it in
+//! [`program_by_name`]; the grader, `lab check` and `lab run` then work
+//! unchanged.
+//!
+//! Trust boundary: [`Program::train`] runs in the (sandboxed) child and only
+//! reads public splits via [`Lab::public_file`]; [`Program::evaluate`] with a
+//! hidden split runs only in the trusted grader.
+
+pub mod idx;
+pub mod image;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::grade::checkpoint::TensorSpec;
+use crate::lab::{Lab, LabError};
+use crate::recipe::Recipe;
+use crate::train::{CurveSummary, EventSink, RunOptions, TrainConfig, TrainError};
+
+/// Names of the programs this runner knows.
+pub const PROGRAM_NAMES: &[&str] = &[image::NAME];
+
+/// Errors of a program run or evaluation (infrastructure or configuration,
+/// never the student's fault once the recipe has been validated).
+#[derive(Debug, thiserror::Error)]
+pub enum ProgramError {
+    #[error(transparent)]
+    Lab(#[from] LabError),
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    #[error("tensor error: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error("data file {path}: {message}")]
+    Data { path: PathBuf, message: String },
+    #[error("unknown program `{0}`")]
+    Unknown(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The score of one evaluated example. The split's metric is
+/// `Σ numerator / Σ denominator` (accuracy: correct/1; bits per byte:
+/// bits/bytes), so any subset (public, private, one class) can be scored.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ExampleScore {
+    pub numerator: f64,
+    pub denominator: f64,
+    /// True class (classification programs).
+    pub label: Option<usize>,
+    /// Predicted class (classification programs).
+    pub predicted: Option<usize>,
+}
+
+/// The per-example scores of a split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub examples: Vec<ExampleScore>,
+    /// Class names, for per-class feedback (classification programs).
+    pub class_names: Option<Vec<String>>,
+}
+
+impl Evaluation {
+    /// The metric over the examples selected by `keep`.
+    pub fn metric_where(&self, keep: impl Fn(usize) -> bool) -> Option<f64> {
+        let (mut n, mut d) = (0.0, 0.0);
+        for (i, e) in self.examples.iter().enumerate() {
+            if keep(i) {
+                n += e.numerator;
+                d += e.denominator;
+            }
+        }
+        (d > 0.0).then_some(n / d)
+    }
+
+    pub fn metric(&self) -> Option<f64> {
+        self.metric_where(|_| true)
+    }
+}
+
+/// The result of a training run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunOutcome {
+    /// The checkpoint written.
+    pub checkpoint: PathBuf,
+    pub steps: u64,
+    /// Validation metric of the weights written (if evaluated).
+    pub valid_metric: Option<f64>,
+    pub curve: CurveSummary,
+    pub config: TrainConfig,
+}
+
+/// What `build-base` produced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BaseReport {
+    pub checkpoint: PathBuf,
+    pub bytes: u64,
+    /// Metric of the base model on its own validation split.
+    pub valid_metric: f64,
+    pub steps: u64,
+}
+
+/// A training program.
+pub trait Program: Send + Sync {
+    /// The name labs use in `[program] name`.
+    fn name(&self) -> &'static str;
+    /// The metric it computes (labs must grade on it).
+    fn metric_name(&self) -> &'static str;
+    /// Standard recipe parameters it understands.
+    fn supported_params(&self) -> &'static [&'static str];
+    /// Check `[program.settings]`, `[base.build]` and the data roles it needs.
+    fn check_lab(&self, lab: &Lab) -> Result<(), LabError>;
+    /// The tensors a submission checkpoint must contain (the reference architecture).
+    fn checkpoint_spec(&self, lab: &Lab) -> Result<Vec<TensorSpec>, ProgramError>;
+    /// Build the base checkpoint from shipped data with the lab's seed.
+    fn build_base(
+        &self,
+        lab: &Lab,
+        opts: &RunOptions,
+        sink: &mut dyn EventSink,
+    ) -> Result<BaseReport, ProgramError>;
+    /// The weights a run starts from (base plus a fresh head, seeded): graded
+    /// as "before fine-tuning".
+    fn initial_weights(
+        &self,
+        lab: &Lab,
+        seed: u64,
+    ) -> Result<HashMap<String, Tensor>, ProgramError>;
+    /// Train with a config and write the checkpoint into `out_dir`. Reads only public splits.
+    fn train(
+        &self,
+        lab: &Lab,
+        config: &TrainConfig,
+        out_dir: &Path,
+        opts: &RunOptions,
+        sink: &mut dyn EventSink,
+    ) -> Result<RunOutcome, ProgramError>;
+    /// Per-example scores of `weights` on a split (`hidden` = the grader's split).
+    fn evaluate(
+        &self,
+        lab: &Lab,
+        weights: &HashMap<String, Tensor>,
+        split: &str,
+        hidden: bool,
+    ) -> Result<Evaluation, ProgramError>;
+}
+
+/// Look a program up by name.
+pub fn program_by_name(name: &str) -> Result<Box<dyn Program>, ProgramError> {
+    match name {
+        image::NAME => Ok(Box::new(image::ImageClassifier)),
+        other => Err(ProgramError::Unknown(other.to_string())),
+    }
+}
+
+/// The program of a lab.
+pub fn program_for(lab: &Lab) -> Result<Box<dyn Program>, ProgramError> {
+    program_by_name(&lab.manifest.program.name)
+}
+
+/// Run a lab's program on a validated recipe, writing into `out_dir`.
+/// This is what a sandboxed child process calls, with a JSON-lines sink on stdout.
+pub fn run_program(
+    lab: &Lab,
+    recipe: &Recipe,
+    out_dir: &Path,
+    opts: &RunOptions,
+    sink: &mut dyn EventSink,
+) -> Result<RunOutcome, ProgramError> {
+    let program = program_for(lab)?;
+    let config = TrainConfig::from_recipe(recipe);
+    tracing::info!(lab = %lab.id(), program = program.name(), seed = config.seed, "training");
+    program.train(lab, &config, out_dir, opts, sink)
+}
