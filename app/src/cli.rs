@@ -69,7 +69,9 @@ pub enum UserCommand {
 /// Entry point of the binary.
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(run(cli))
 }
 
@@ -95,10 +97,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 None => Ok(()),
             }
         }
-        Command::User(UserCommand::Add { email, role, name, password, org, org_role }) => {
+        Command::User(UserCommand::Add {
+            email,
+            role,
+            name,
+            password,
+            org,
+            org_role,
+        }) => {
             let db = Db::connect(config.database_url.expose()).await?;
             db.migrate().await?;
-            add_user(&db, &email, &role, name.as_deref(), password, org.as_deref(), &org_role).await
+            add_user(
+                &db,
+                &email,
+                &role,
+                name.as_deref(),
+                password,
+                org.as_deref(),
+                &org_role,
+            )
+            .await
         }
     }
 }
@@ -112,9 +130,15 @@ async fn add_user(
     org: Option<&str>,
     org_role: &str,
 ) -> anyhow::Result<()> {
-    let email = Email::parse(email).map_err(|_| anyhow::anyhow!("not a valid email address: {email}"))?;
+    let email =
+        Email::parse(email).map_err(|_| anyhow::anyhow!("not a valid email address: {email}"))?;
     let kind = UserKind::parse(role).ok_or_else(|| anyhow::anyhow!("unknown role {role}"))?;
-    let default_name = email.as_str().split('@').next().unwrap_or_default().to_owned();
+    let default_name = email
+        .as_str()
+        .split('@')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     let name = DisplayName::parse(name.unwrap_or(&default_name))
         .map_err(|_| anyhow::anyhow!("the display name must be 1 to 100 characters"))?;
     let org = match org {
@@ -128,7 +152,10 @@ async fn add_user(
     let (password, generated) = match password {
         Some(p) => {
             NewPassword::parse(&p).map_err(|_| {
-                anyhow::anyhow!("the password must be at least {} characters", NewPassword::MIN_LEN)
+                anyhow::anyhow!(
+                    "the password must be at least {} characters",
+                    NewPassword::MIN_LEN
+                )
             })?;
             (p, false)
         }
@@ -151,7 +178,10 @@ async fn add_user(
 impl Application {
     /// For `sanhak demo`: migrate, seed, print the logins, then (unless
     /// `seed_only`) return the application ready to serve.
-    pub async fn build_or_seed(config: crate::config::Config, seed_only: bool) -> anyhow::Result<Option<Self>> {
+    pub async fn build_or_seed(
+        config: crate::config::Config,
+        seed_only: bool,
+    ) -> anyhow::Result<Option<Self>> {
         let db_path = config.database_url.expose().to_owned();
         let app = if seed_only {
             let db = Db::connect(&db_path).await?;
@@ -180,7 +210,12 @@ fn print_logins(addr: Option<std::net::SocketAddr>, seeded: &demo::Seeded) {
         println!("  {:<11} {}", a.kind.as_str(), a.email);
     }
     println!();
-    println!("Demo course: {} {} (join code {})", demo::COURSE_CODE, demo::COURSE_TERM, seeded.join_code);
+    println!(
+        "Demo course: {} {} (join code {})",
+        demo::COURSE_CODE,
+        demo::COURSE_TERM,
+        seeded.join_code
+    );
     if addr.is_some() {
         println!("Press Ctrl-C to stop.");
     }

@@ -50,7 +50,12 @@ pub struct Settings {
     #[arg(long, env = "SANHAK_PUBLIC_URL", global = true)]
     pub public_url: Option<String>,
     /// Secret (at least 64 characters) that signs session cookies. Default: generated once and stored in `<data-dir>/session.key`.
-    #[arg(long, env = "SANHAK_SESSION_SECRET", global = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "SANHAK_SESSION_SECRET",
+        global = true,
+        hide_env_values = true
+    )]
     pub session_secret: Option<String>,
     /// Mark cookies `Secure` (set this when serving behind TLS). Default: false.
     #[arg(long, env = "SANHAK_SECURE_COOKIES", global = true)]
@@ -110,8 +115,8 @@ impl Settings {
             }
             None => FileSettings::default(),
         };
-        let data_dir = pick(self.data_dir.clone(), file.data_dir)
-            .unwrap_or_else(|| PathBuf::from("data"));
+        let data_dir =
+            pick(self.data_dir.clone(), file.data_dir).unwrap_or_else(|| PathBuf::from("data"));
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("creating data folder {}", data_dir.display()))?;
         let database_url = pick(self.database_url.clone(), file.database_url)
@@ -123,9 +128,9 @@ impl Settings {
             .to_owned();
         let session_secret = match pick(self.session_secret.clone(), file.session_secret) {
             Some(s) if s.len() >= MIN_SECRET_LEN => s,
-            Some(_) => anyhow::bail!(
-                "session_secret must be at least {MIN_SECRET_LEN} characters long"
-            ),
+            Some(_) => {
+                anyhow::bail!("session_secret must be at least {MIN_SECRET_LEN} characters long")
+            }
             None => stored_secret(&data_dir.join(SESSION_KEY_FILE))?,
         };
         Ok(Config {

@@ -18,12 +18,36 @@ pub struct DemoAccount {
 }
 
 pub const ACCOUNTS: &[DemoAccount] = &[
-    DemoAccount { email: "admin@sanhak.test", name: "Site Admin", kind: UserKind::Admin },
-    DemoAccount { email: "prof.kim@hanbit.ac.kr", name: "Kim Jiwon", kind: UserKind::Instructor },
-    DemoAccount { email: "minji@students.hanbit.ac.kr", name: "Lee Minji", kind: UserKind::Student },
-    DemoAccount { email: "junho@students.hanbit.ac.kr", name: "Park Junho", kind: UserKind::Student },
-    DemoAccount { email: "seoyeon@students.hanbit.ac.kr", name: "Choi Seoyeon", kind: UserKind::Student },
-    DemoAccount { email: "engineer@nuri-ai.example", name: "Jung Hyunwoo", kind: UserKind::Company },
+    DemoAccount {
+        email: "admin@sanhak.test",
+        name: "Site Admin",
+        kind: UserKind::Admin,
+    },
+    DemoAccount {
+        email: "prof.kim@hanbit.ac.kr",
+        name: "Kim Jiwon",
+        kind: UserKind::Instructor,
+    },
+    DemoAccount {
+        email: "minji@students.hanbit.ac.kr",
+        name: "Lee Minji",
+        kind: UserKind::Student,
+    },
+    DemoAccount {
+        email: "junho@students.hanbit.ac.kr",
+        name: "Park Junho",
+        kind: UserKind::Student,
+    },
+    DemoAccount {
+        email: "seoyeon@students.hanbit.ac.kr",
+        name: "Choi Seoyeon",
+        kind: UserKind::Student,
+    },
+    DemoAccount {
+        email: "engineer@nuri-ai.example",
+        name: "Jung Hyunwoo",
+        kind: UserKind::Company,
+    },
 ];
 
 pub const UNIVERSITY_SLUG: &str = "hanbit-univ";
@@ -45,7 +69,13 @@ async fn user(db: &Db, account: &DemoAccount, hash: &str) -> anyhow::Result<User
     Ok(users::create(db, &email, &name, hash, account.kind).await?)
 }
 
-async fn org(db: &Db, slug: &str, name: &str, kind: OrgKind, description: &str) -> anyhow::Result<orgs::Org> {
+async fn org(
+    db: &Db,
+    slug: &str,
+    name: &str,
+    kind: OrgKind,
+    description: &str,
+) -> anyhow::Result<orgs::Org> {
     if let Some(o) = orgs::by_slug(db, slug).await? {
         return Ok(o);
     }
@@ -92,7 +122,8 @@ pub async fn seed(db: &Db) -> anyhow::Result<Seeded> {
                     title: "Fine-tuning Small Models",
                     term: COURSE_TERM,
                     university_id: &university.id,
-                    description: "Transfer learning, LoRA and evaluation, taught with Nuri AI engineers.",
+                    description:
+                        "Transfer learning, LoRA and evaluation, taught with Nuri AI engineers.",
                     instructor_id: &instructor.id,
                 },
             )
@@ -105,5 +136,8 @@ pub async fn seed(db: &Db) -> anyhow::Result<Seeded> {
     let course = courses::by_id(db, &course_id)
         .await?
         .ok_or_else(|| anyhow::anyhow!("demo course vanished"))?;
-    Ok(Seeded { course_id, join_code: course.join_code })
+    Ok(Seeded {
+        course_id,
+        join_code: course.join_code,
+    })
 }

@@ -118,13 +118,21 @@ impl fmt::Debug for NewPassword {
 }
 
 /// Trimmed non-empty text with a maximum length.
-fn bounded(raw: &str, max: usize, empty: MessageKey, long: MessageKey) -> Result<String, MessageKey> {
+fn bounded(
+    raw: &str,
+    max: usize,
+    empty: MessageKey,
+    long: MessageKey,
+) -> Result<String, MessageKey> {
     let s = raw.trim();
     if s.is_empty() {
         Err(empty)
     } else if s.chars().count() > max {
         Err(long)
-    } else if s.chars().any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t') {
+    } else if s
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t')
+    {
         Err("text_invalid")
     } else {
         Ok(s.to_owned())
@@ -152,7 +160,8 @@ impl CourseCode {
     pub fn parse(raw: &str) -> Result<Self, MessageKey> {
         let s = raw.trim().to_uppercase();
         let ok = (2..=20).contains(&s.len())
-            && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
         if ok {
             Ok(Self(s))
         } else {
@@ -192,7 +201,8 @@ impl Slug {
     pub fn parse(raw: &str) -> Result<Self, MessageKey> {
         let s = raw.trim().to_lowercase();
         let ok = (2..=40).contains(&s.len())
-            && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
             && !s.starts_with('-')
             && !s.ends_with('-');
         if ok {
@@ -233,8 +243,20 @@ mod tests {
 
     #[test]
     fn emails() {
-        assert_eq!(Email::parse(" Kim@Uni.AC.kr ").unwrap().as_str(), "kim@uni.ac.kr");
-        for bad in ["", "kim", "kim@", "@uni.kr", "kim@uni", "ki m@uni.kr", "a@b@c.kr", "kim@.kr"] {
+        assert_eq!(
+            Email::parse(" Kim@Uni.AC.kr ").unwrap().as_str(),
+            "kim@uni.ac.kr"
+        );
+        for bad in [
+            "",
+            "kim",
+            "kim@",
+            "@uni.kr",
+            "kim@uni",
+            "ki m@uni.kr",
+            "a@b@c.kr",
+            "kim@.kr",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad} accepted");
         }
     }
@@ -251,7 +273,10 @@ mod tests {
 
     #[test]
     fn passwords_and_names() {
-        assert_eq!(NewPassword::parse("short").unwrap_err(), "password_too_short");
+        assert_eq!(
+            NewPassword::parse("short").unwrap_err(),
+            "password_too_short"
+        );
         assert!(NewPassword::parse("long enough pw").is_ok());
         assert_eq!(DisplayName::parse("   ").unwrap_err(), "name_required");
         assert_eq!(DisplayName::parse("a\u{0}b").unwrap_err(), "text_invalid");

@@ -86,8 +86,12 @@ impl AppError {
                 format!("invalid fields: {}", list.join(", "))
             }
             AppError::LoginRequired { .. } => "a valid bearer token is required".into(),
-            AppError::BadRequest(key) | AppError::Conflict(key) => format!("invalid request: {key}"),
-            AppError::TooManyRequests { retry_after } => format!("too many attempts; retry in {retry_after} s"),
+            AppError::BadRequest(key) | AppError::Conflict(key) => {
+                format!("invalid request: {key}")
+            }
+            AppError::TooManyRequests { retry_after } => {
+                format!("too many attempts; retry in {retry_after} s")
+            }
             AppError::Internal(_) => "internal error".into(),
         }
     }
@@ -116,10 +120,14 @@ impl IntoResponse for AppError {
                 Redirect::to(&target).into_response()
             }
             _ => {
-                let page = ErrorPage::new(self.status(), self.code(), match &self {
-                    AppError::TooManyRequests { retry_after } => Some(*retry_after),
-                    _ => None,
-                });
+                let page = ErrorPage::new(
+                    self.status(),
+                    self.code(),
+                    match &self {
+                        AppError::TooManyRequests { retry_after } => Some(*retry_after),
+                        _ => None,
+                    },
+                );
                 (self.status(), crate::web::templates::render(&page)).into_response()
             }
         };
@@ -138,7 +146,9 @@ pub fn urlencode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                out.push(b as char)
+            }
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }
@@ -160,13 +170,23 @@ mod tests {
     fn local_paths_only() {
         assert!(is_local_path("/dashboard"));
         assert!(is_local_path("/courses/1?x=2"));
-        for bad in ["//evil.com", "https://evil.com", "/\\evil.com", "evil", "", "/a\r\nSet-Cookie: x"] {
+        for bad in [
+            "//evil.com",
+            "https://evil.com",
+            "/\\evil.com",
+            "evil",
+            "",
+            "/a\r\nSet-Cookie: x",
+        ] {
             assert!(!is_local_path(bad), "{bad}");
         }
     }
 
     #[test]
     fn urlencode_keeps_paths_readable() {
-        assert_eq!(urlencode("/courses/a b?x=1&y"), "/courses/a%20b%3Fx%3D1%26y");
+        assert_eq!(
+            urlencode("/courses/a b?x=1&y"),
+            "/courses/a%20b%3Fx%3D1%26y"
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! Random tokens, their hashes, and argon2id password hashing.
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString,
+};
 use argon2::{Algorithm, Argon2, Params, Version};
 use rand::RngCore as _;
 use sha2::{Digest as _, Sha256};
@@ -35,7 +37,9 @@ pub fn hash_password(password: &str) -> anyhow::Result<String> {
 /// True when `password` matches the stored PHC string.
 pub fn verify_password(password: &str, stored: &str) -> bool {
     match PasswordHash::new(stored) {
-        Ok(parsed) => argon2().verify_password(password.as_bytes(), &parsed).is_ok(),
+        Ok(parsed) => argon2()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
         Err(_) => false,
     }
 }
@@ -53,7 +57,10 @@ pub async fn hash_password_blocking(password: String) -> anyhow::Result<String> 
 
 /// Verifies off the async runtime; with `stored = None` it verifies against
 /// the dummy hash and returns false, taking the same time.
-pub async fn verify_password_blocking(password: String, stored: Option<String>) -> anyhow::Result<bool> {
+pub async fn verify_password_blocking(
+    password: String,
+    stored: Option<String>,
+) -> anyhow::Result<bool> {
     Ok(tokio::task::spawn_blocking(move || match stored {
         Some(hash) => verify_password(&password, &hash),
         None => {

@@ -26,7 +26,11 @@ pub async fn prepare_state(config: Config) -> anyhow::Result<(AppState, Store)> 
     let db = Db::connect(config.database_url.expose()).await?;
     db.migrate().await?;
     let store = Store::connect(config.database_url.expose()).await?;
-    let state = AppState { db, config: Arc::new(config), metrics: Arc::new(Metrics::new()?) };
+    let state = AppState {
+        db,
+        config: Arc::new(config),
+        metrics: Arc::new(Metrics::new()?),
+    };
     Ok((state, store))
 }
 
@@ -46,8 +50,14 @@ impl Application {
             }
         });
         let router = web::build_router(state.clone(), store);
-        let listener = TcpListener::bind(bind).await.with_context(|| format!("binding {bind}"))?;
-        Ok(Application { listener, router, state })
+        let listener = TcpListener::bind(bind)
+            .await
+            .with_context(|| format!("binding {bind}"))?;
+        Ok(Application {
+            listener,
+            router,
+            state,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -58,7 +68,8 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         axum::serve(
             self.listener,
-            self.router.into_make_service_with_connect_info::<SocketAddr>(),
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(shutdown_signal())
         .await

@@ -39,7 +39,11 @@ impl TestDb {
         match backend {
             Backend::Sqlite => {
                 let url = format!("sqlite://{}", dir.path().join("test.db").display());
-                TestDb { url, pg_name: None, _dir: dir }
+                TestDb {
+                    url,
+                    pg_name: None,
+                    _dir: dir,
+                }
             }
             Backend::Postgres => {
                 let admin = postgres_admin_url();
@@ -52,7 +56,11 @@ impl TestDb {
                     .await
                     .expect("create test database");
                 let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
-                TestDb { url: format!("{base}/{name}"), pg_name: Some(name), _dir: dir }
+                TestDb {
+                    url: format!("{base}/{name}"),
+                    pg_name: Some(name),
+                    _dir: dir,
+                }
             }
         }
     }
@@ -64,13 +72,22 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let Some(name) = self.pg_name.take() else { return };
+        let Some(name) = self.pg_name.take() else {
+            return;
+        };
         let admin = postgres_admin_url();
         // Drop from a separate thread with its own runtime: Drop cannot await.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
             rt.block_on(async move {
-                if let Ok(mut conn) = <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await {
+                if let Ok(mut conn) =
+                    <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await
+                {
                     let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                         .execute(&mut conn)
                         .await;
@@ -106,7 +123,12 @@ impl TestApp {
         let addr = app.local_addr().expect("addr");
         let db = app.state.db.clone();
         tokio::spawn(app.run_until_stopped());
-        TestApp { addr, db, backend, test_db }
+        TestApp {
+            addr,
+            db,
+            backend,
+            test_db,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -120,7 +142,10 @@ impl TestApp {
             .redirect(Policy::none())
             .build()
             .expect("client");
-        Browser { client, base: format!("http://{}", self.addr) }
+        Browser {
+            client,
+            base: format!("http://{}", self.addr),
+        }
     }
 
     /// Creates an account directly in the database.
@@ -162,7 +187,11 @@ pub struct Browser {
 
 impl Browser {
     pub async fn get(&self, path: &str) -> Response {
-        self.client.get(format!("{}{}", self.base, path)).send().await.expect("GET")
+        self.client
+            .get(format!("{}{}", self.base, path))
+            .send()
+            .await
+            .expect("GET")
     }
 
     pub async fn get_text(&self, path: &str) -> (StatusCode, String) {
@@ -207,7 +236,8 @@ impl Browser {
     }
 
     pub async fn login(&self, email: &str, password: &str) -> Response {
-        self.post_form("/login", &[("email", email), ("password", password)]).await
+        self.post_form("/login", &[("email", email), ("password", password)])
+            .await
     }
 }
 
@@ -236,10 +266,16 @@ pub struct Api {
 
 impl Api {
     pub fn new(app: &TestApp, token: Option<String>) -> Self {
-        Api { client: Client::new(), base: format!("http://{}", app.addr), token }
+        Api {
+            client: Client::new(),
+            base: format!("http://{}", app.addr),
+            token,
+        }
     }
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let rb = self.client.request(method, format!("{}{}", self.base, path));
+        let rb = self
+            .client
+            .request(method, format!("{}{}", self.base, path));
         match &self.token {
             Some(t) => rb.bearer_auth(t),
             None => rb,

@@ -38,7 +38,11 @@ struct Row {
 }
 
 const fn row(method: &'static str, path: &'static str, allowed: &'static [Who]) -> Row {
-    Row { method, path, allowed }
+    Row {
+        method,
+        path,
+        allowed,
+    }
 }
 
 /// `{course}` is course A (the outsider studies course B); `{org}` is the
@@ -62,8 +66,16 @@ const PAGES: &[Row] = &[
     row("GET", "/courses/{course_id}/roster", STAFF),
     row("GET", "/courses/{course_id}/roster.csv", STAFF),
     row("POST", "/courses/{course_id}/roster/tas", TEACHER),
-    row("POST", "/courses/{course_id}/roster/tas/{user_id}/remove", TEACHER),
-    row("POST", "/courses/{course_id}/roster/students/{user_id}/remove", TEACHER),
+    row(
+        "POST",
+        "/courses/{course_id}/roster/tas/{user_id}/remove",
+        TEACHER,
+    ),
+    row(
+        "POST",
+        "/courses/{course_id}/roster/students/{user_id}/remove",
+        TEACHER,
+    ),
     row("GET", "/orgs/{slug}", SIGNED_IN),
     row("POST", "/orgs/{slug}/members", ADMIN),
     row("POST", "/orgs/{slug}/members/{user_id}/remove", ADMIN),
@@ -93,7 +105,11 @@ const API: &[Row] = &[
     row("POST", "/api/v1/courses/{course_id}/join-code", TEACHER),
     row("GET", "/api/v1/courses/{course_id}/roster", STAFF),
     row("POST", "/api/v1/courses/{course_id}/roster/tas", TEACHER),
-    row("DELETE", "/api/v1/courses/{course_id}/roster/{user_id}", TEACHER),
+    row(
+        "DELETE",
+        "/api/v1/courses/{course_id}/roster/{user_id}",
+        TEACHER,
+    ),
 ];
 
 struct World {
@@ -123,39 +139,86 @@ async fn world(app: &TestApp) -> World {
         emails.push((who, email));
         ids.push((who, user.id));
     }
-    let id = |w: Who| ids.iter().find(|(x, _)| *x == w).map(|(_, id)| id.clone()).unwrap();
-    sanhak::db::orgs::set_member(&app.db, &uni.id, &id(Instructor), OrgRole::Member).await.unwrap();
-    sanhak::db::orgs::set_member(&app.db, &company.id, &id(Company), OrgRole::Member).await.unwrap();
+    let id = |w: Who| {
+        ids.iter()
+            .find(|(x, _)| *x == w)
+            .map(|(_, id)| id.clone())
+            .unwrap()
+    };
+    sanhak::db::orgs::set_member(&app.db, &uni.id, &id(Instructor), OrgRole::Member)
+        .await
+        .unwrap();
+    sanhak::db::orgs::set_member(&app.db, &company.id, &id(Company), OrgRole::Member)
+        .await
+        .unwrap();
     let code = |c: &str| sanhak::domain::CourseCode::parse(c).unwrap();
-    let new = |code: &'static str| code;
-    let (a, b) = (code(new("MAT1")), code(new("MAT2")));
+    let (a, b) = (code("MAT1"), code("MAT2"));
     let course_a = courses::create(
         &app.db,
-        courses::NewCourse { code: &a, title: "A", term: "t", university_id: &uni.id, description: "", instructor_id: &id(Instructor) },
+        courses::NewCourse {
+            code: &a,
+            title: "A",
+            term: "t",
+            university_id: &uni.id,
+            description: "",
+            instructor_id: &id(Instructor),
+        },
     )
     .await
     .unwrap();
     let course_b = courses::create(
         &app.db,
-        courses::NewCourse { code: &b, title: "B", term: "t", university_id: &uni.id, description: "", instructor_id: &id(Instructor) },
+        courses::NewCourse {
+            code: &b,
+            title: "B",
+            term: "t",
+            university_id: &uni.id,
+            description: "",
+            instructor_id: &id(Instructor),
+        },
     )
     .await
     .unwrap();
-    courses::enroll(&app.db, &course_a, &id(Student), CourseRole::Student).await.unwrap();
-    courses::enroll(&app.db, &course_a, &id(Ta), CourseRole::Ta).await.unwrap();
-    courses::enroll(&app.db, &course_b, &id(Outsider), CourseRole::Student).await.unwrap();
-    let bystander = app.create_user("bystander@matrix.ac.kr", UserKind::Student).await;
+    courses::enroll(&app.db, &course_a, &id(Student), CourseRole::Student)
+        .await
+        .unwrap();
+    courses::enroll(&app.db, &course_a, &id(Ta), CourseRole::Ta)
+        .await
+        .unwrap();
+    courses::enroll(&app.db, &course_b, &id(Outsider), CourseRole::Student)
+        .await
+        .unwrap();
+    let bystander = app
+        .create_user("bystander@matrix.ac.kr", UserKind::Student)
+        .await;
 
     let mut browsers = vec![(Anonymous, app.browser())];
     let mut tokens = vec![(Anonymous, None)];
     for (who, email) in &emails {
         let b = app.browser();
-        assert_eq!(b.login(email, PASSWORD).await.status(), StatusCode::SEE_OTHER);
+        assert_eq!(
+            b.login(email, PASSWORD).await.status(),
+            StatusCode::SEE_OTHER
+        );
         let user_id = id(*who);
-        tokens.push((*who, Some(sanhak::db::tokens::create(&app.db, &user_id, "matrix").await.unwrap())));
+        tokens.push((
+            *who,
+            Some(
+                sanhak::db::tokens::create(&app.db, &user_id, "matrix")
+                    .await
+                    .unwrap(),
+            ),
+        ));
         browsers.push((*who, b));
     }
-    World { course_a, company_slug: company.slug, bystander_id: bystander.id, browsers, tokens, emails }
+    World {
+        course_a,
+        company_slug: company.slug,
+        bystander_id: bystander.id,
+        browsers,
+        tokens,
+        emails,
+    }
 }
 
 fn concrete(path: &str, w: &World) -> String {
@@ -201,11 +264,19 @@ both_backends!(authorization_matrix, |app: TestApp| async move {
             let allowed = r.allowed.contains(who);
             let denied = page_denied(*who, status, &loc);
             if allowed == denied || status.is_server_error() {
-                failures.push(format!("{} {} as {who:?}: {status} {loc} (expected {})", r.method, r.path, if allowed { "allowed" } else { "denied" }));
+                failures.push(format!(
+                    "{} {} as {who:?}: {status} {loc} (expected {})",
+                    r.method,
+                    r.path,
+                    if allowed { "allowed" } else { "denied" }
+                ));
             }
             if r.path == "/logout" && *who != Anonymous {
                 let email = &w.emails.iter().find(|(x, _)| x == who).unwrap().1;
-                assert_eq!(b.login(email, PASSWORD).await.status(), StatusCode::SEE_OTHER);
+                assert_eq!(
+                    b.login(email, PASSWORD).await.status(),
+                    StatusCode::SEE_OTHER
+                );
             }
         }
     }
@@ -222,11 +293,20 @@ both_backends!(authorization_matrix, |app: TestApp| async move {
             let allowed = r.allowed.contains(who);
             let denied = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);
             if allowed == denied || status.is_server_error() {
-                failures.push(format!("{} {} as {who:?}: {status} (expected {})", r.method, r.path, if allowed { "allowed" } else { "denied" }));
+                failures.push(format!(
+                    "{} {} as {who:?}: {status} (expected {})",
+                    r.method,
+                    r.path,
+                    if allowed { "allowed" } else { "denied" }
+                ));
             }
         }
     }
-    assert!(failures.is_empty(), "authorization matrix failures:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "authorization matrix failures:\n{}",
+        failures.join("\n")
+    );
 
     // Completeness: every route the app registers is in the matrix.
     let router_source = include_str!("../../app/src/web/mod.rs");
@@ -241,5 +321,8 @@ both_backends!(authorization_matrix, |app: TestApp| async move {
     }
     let in_matrix: BTreeSet<String> = PAGES.iter().chain(API).map(|r| r.path.to_owned()).collect();
     let missing: Vec<_> = registered.difference(&in_matrix).collect();
-    assert!(missing.is_empty(), "routes missing from the authorization matrix: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "routes missing from the authorization matrix: {missing:?}"
+    );
 });

@@ -25,7 +25,11 @@ pub const FORM_LIMIT: usize = 4 * 1024 * 1024;
 
 /// The session's token, created on first use.
 pub async fn token(session: &Session) -> Result<String, AppError> {
-    if let Some(t) = session.get::<String>(SESSION_KEY).await.map_err(session_error)? {
+    if let Some(t) = session
+        .get::<String>(SESSION_KEY)
+        .await
+        .map_err(session_error)?
+    {
         return Ok(t);
     }
     rotate(session).await
@@ -34,7 +38,10 @@ pub async fn token(session: &Session) -> Result<String, AppError> {
 /// Replaces the session's token (at login).
 pub async fn rotate(session: &Session) -> Result<String, AppError> {
     let t = new_token("");
-    session.insert(SESSION_KEY, &t).await.map_err(session_error)?;
+    session
+        .insert(SESSION_KEY, &t)
+        .await
+        .map_err(session_error)?;
     Ok(t)
 }
 
@@ -49,7 +56,10 @@ pub async fn guard(session: Session, req: Request, next: Next) -> Result<Respons
     if req.method().is_safe() {
         return Ok(next.run(req).await);
     }
-    let expected = session.get::<String>(SESSION_KEY).await.map_err(session_error)?;
+    let expected = session
+        .get::<String>(SESSION_KEY)
+        .await
+        .map_err(session_error)?;
     let from_header = req
         .headers()
         .get(HEADER)
@@ -75,7 +85,9 @@ pub async fn guard(session: Session, req: Request, next: Next) -> Result<Respons
         None => (None, req),
     };
     match (expected, provided) {
-        (Some(e), Some(p)) if bool::from(e.as_bytes().ct_eq(p.as_bytes())) => Ok(next.run(req).await),
+        (Some(e), Some(p)) if bool::from(e.as_bytes().ct_eq(p.as_bytes())) => {
+            Ok(next.run(req).await)
+        }
         _ => Err(AppError::Csrf),
     }
 }

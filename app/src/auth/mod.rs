@@ -50,7 +50,9 @@ pub async fn authenticate(
         session.get::<String>(SESSION_USER).await.ok().flatten()
     };
     let user = match user_id {
-        Some(id) => users::by_id(&state.db, &id).await?.filter(|u| !u.is_disabled()),
+        Some(id) => users::by_id(&state.db, &id)
+            .await?
+            .filter(|u| !u.is_disabled()),
         None => None,
     };
     req.extensions_mut().insert(Authn { user });
@@ -60,13 +62,18 @@ pub async fn authenticate(
 fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
 }
 
 /// Starts a logged-in session with a fresh id (so a planted id is useless).
 pub async fn log_in(session: &Session, user: &User) -> Result<(), AppError> {
     session.cycle_id().await.map_err(session_error)?;
-    session.insert(SESSION_USER, &user.id).await.map_err(session_error)?;
+    session
+        .insert(SESSION_USER, &user.id)
+        .await
+        .map_err(session_error)?;
     csrf::rotate(session).await?;
     Ok(())
 }
@@ -134,7 +141,9 @@ pub struct CurrentUser(pub User);
 impl<S: Send + Sync> FromRequestParts<S> for CurrentUser {
     type Rejection = AppError;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
-        authn(parts).map(CurrentUser).ok_or_else(|| login_required(parts))
+        authn(parts)
+            .map(CurrentUser)
+            .ok_or_else(|| login_required(parts))
     }
 }
 
@@ -159,7 +168,9 @@ impl<S: Send + Sync> FromRequestParts<S> for CourseCreator {
     type Rejection = AppError;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
         match authn(parts) {
-            Some(u) if matches!(u.kind, UserKind::Instructor | UserKind::Admin) => Ok(CourseCreator(u)),
+            Some(u) if matches!(u.kind, UserKind::Instructor | UserKind::Admin) => {
+                Ok(CourseCreator(u))
+            }
             Some(_) => Err(AppError::Forbidden),
             None => Err(login_required(parts)),
         }
@@ -225,13 +236,20 @@ impl<P: CoursePolicy + Send + Sync> FromRequestParts<AppState> for InCourse<P> {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
         let user = authn(parts).ok_or_else(|| login_required(parts))?;
         let course_id = path_param(parts, state, "course_id").await?;
-        let course = courses::by_id(&state.db, &course_id).await?.ok_or(AppError::NotFound)?;
+        let course = courses::by_id(&state.db, &course_id)
+            .await?
+            .ok_or(AppError::NotFound)?;
         let role = courses::role_of(&state.db, &course.id, &user.id).await?;
         let admitted = user.is_admin() || role.is_some_and(P::admits);
         if !admitted {
             return Err(AppError::Forbidden);
         }
-        Ok(InCourse { user, course, role, _policy: PhantomData })
+        Ok(InCourse {
+            user,
+            course,
+            role,
+            _policy: PhantomData,
+        })
     }
 }
 
@@ -246,7 +264,9 @@ impl FromRequestParts<AppState> for OrgAdmin {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
         let user = authn(parts).ok_or_else(|| login_required(parts))?;
         let slug = path_param(parts, state, "slug").await?;
-        let org = orgs::by_slug(&state.db, &slug).await?.ok_or(AppError::NotFound)?;
+        let org = orgs::by_slug(&state.db, &slug)
+            .await?
+            .ok_or(AppError::NotFound)?;
         let role = orgs::role_of(&state.db, &org.id, &user.id).await?;
         if user.is_admin() || role == Some(OrgRole::Admin) {
             Ok(OrgAdmin { user, org })
@@ -255,4 +275,3 @@ impl FromRequestParts<AppState> for OrgAdmin {
         }
     }
 }
-

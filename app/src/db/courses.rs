@@ -86,13 +86,15 @@ pub async fn create(db: &Db, new: NewCourse<'_>) -> Result<String, CreateCourseE
         Err(e) if is_unique_violation(&e) => return Err(CreateCourseError::Duplicate),
         Err(e) => return Err(e.into()),
     }
-    sqlx::query("INSERT INTO enrollments (course_id, user_id, role, created_at) VALUES ($1, $2, $3, $4)")
-        .bind(&id)
-        .bind(new.instructor_id)
-        .bind(CourseRole::Instructor.as_str())
-        .bind(at)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO enrollments (course_id, user_id, role, created_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(&id)
+    .bind(new.instructor_id)
+    .bind(CourseRole::Instructor.as_str())
+    .bind(at)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(id)
 }
@@ -169,7 +171,12 @@ pub async fn role_of(db: &Db, course_id: &str, user_id: &str) -> sqlx::Result<Op
 
 /// Enrolls a user with a role unless already enrolled; returns the role they have afterwards.
 #[tracing::instrument(skip_all)]
-pub async fn enroll(db: &Db, course_id: &str, user_id: &str, role: CourseRole) -> sqlx::Result<CourseRole> {
+pub async fn enroll(
+    db: &Db,
+    course_id: &str,
+    user_id: &str,
+    role: CourseRole,
+) -> sqlx::Result<CourseRole> {
     sqlx::query(
         "INSERT INTO enrollments (course_id, user_id, role, created_at) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (course_id, user_id) DO NOTHING",
@@ -185,7 +192,12 @@ pub async fn enroll(db: &Db, course_id: &str, user_id: &str, role: CourseRole) -
 
 /// Sets the role of an enrolled user.
 #[tracing::instrument(skip_all)]
-pub async fn set_role(db: &Db, course_id: &str, user_id: &str, role: CourseRole) -> sqlx::Result<bool> {
+pub async fn set_role(
+    db: &Db,
+    course_id: &str,
+    user_id: &str,
+    role: CourseRole,
+) -> sqlx::Result<bool> {
     let r = sqlx::query("UPDATE enrollments SET role = $1 WHERE course_id = $2 AND user_id = $3")
         .bind(role.as_str())
         .bind(course_id)
@@ -197,13 +209,19 @@ pub async fn set_role(db: &Db, course_id: &str, user_id: &str, role: CourseRole)
 
 /// Removes an enrollment with the given role; returns whether one was removed.
 #[tracing::instrument(skip_all)]
-pub async fn unenroll(db: &Db, course_id: &str, user_id: &str, role: CourseRole) -> sqlx::Result<bool> {
-    let r = sqlx::query("DELETE FROM enrollments WHERE course_id = $1 AND user_id = $2 AND role = $3")
-        .bind(course_id)
-        .bind(user_id)
-        .bind(role.as_str())
-        .execute(&db.pool)
-        .await?;
+pub async fn unenroll(
+    db: &Db,
+    course_id: &str,
+    user_id: &str,
+    role: CourseRole,
+) -> sqlx::Result<bool> {
+    let r =
+        sqlx::query("DELETE FROM enrollments WHERE course_id = $1 AND user_id = $2 AND role = $3")
+            .bind(course_id)
+            .bind(user_id)
+            .bind(role.as_str())
+            .execute(&db.pool)
+            .await?;
     Ok(r.rows_affected() == 1)
 }
 

@@ -79,18 +79,22 @@ pub async fn create(
 
 #[tracing::instrument(skip_all)]
 pub async fn by_slug(db: &Db, slug: &str) -> sqlx::Result<Option<Org>> {
-    sqlx::query_as(&format!("SELECT {COLUMNS} FROM organisations WHERE slug = $1"))
-        .bind(slug)
-        .fetch_optional(&db.pool)
-        .await
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM organisations WHERE slug = $1"
+    ))
+    .bind(slug)
+    .fetch_optional(&db.pool)
+    .await
 }
 
 #[tracing::instrument(skip_all)]
 pub async fn by_id(db: &Db, id: &str) -> sqlx::Result<Option<Org>> {
-    sqlx::query_as(&format!("SELECT {COLUMNS} FROM organisations WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(&db.pool)
-        .await
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM organisations WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&db.pool)
+    .await
 }
 
 #[tracing::instrument(skip_all)]

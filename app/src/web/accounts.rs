@@ -75,9 +75,11 @@ fn validate_signup(form: &SignupForm, errors: &mut FormErrors) -> Option<ValidSi
         errors.add("password_confirm", "password_mismatch");
     }
     match (email, name, password) {
-        (Some(email), Some(name), Some(password)) if errors.is_empty() => {
-            Some(ValidSignup { email, name, password })
-        }
+        (Some(email), Some(name), Some(password)) if errors.is_empty() => Some(ValidSignup {
+            email,
+            name,
+            password,
+        }),
         _ => None,
     }
 }
@@ -139,7 +141,9 @@ pub struct NextQuery {
 }
 
 fn safe_next(next: Option<&str>) -> String {
-    next.filter(|n| is_local_path(n)).unwrap_or("/dashboard").to_owned()
+    next.filter(|n| is_local_path(n))
+        .unwrap_or("/dashboard")
+        .to_owned()
 }
 
 pub async fn login_page(ctx: PageCtx, Query(q): Query<NextQuery>) -> Response {
@@ -147,7 +151,13 @@ pub async fn login_page(ctx: PageCtx, Query(q): Query<NextQuery>) -> Response {
     if ctx.user.is_some() {
         return Redirect::to(&next).into_response();
     }
-    render(&LoginPage { ctx, email: String::new(), next, error: None, retry_minutes: 0 })
+    render(&LoginPage {
+        ctx,
+        email: String::new(),
+        next,
+        error: None,
+        retry_minutes: 0,
+    })
 }
 
 #[derive(Deserialize)]
@@ -183,7 +193,9 @@ pub async fn login(
         let mut response = with_errors(&page(ctx, "login_throttled", retry_after));
         *response.status_mut() = axum::http::StatusCode::TOO_MANY_REQUESTS;
         if let Ok(v) = retry_after.to_string().parse() {
-            response.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, v);
         }
         return Ok(response);
     }
@@ -212,7 +224,10 @@ pub async fn logout(session: Session) -> AppResult<Redirect> {
     Ok(Redirect::to("/"))
 }
 
-async fn usable_invite(state: &AppState, token: &str) -> AppResult<(invites::Invitation, InviteView)> {
+async fn usable_invite(
+    state: &AppState,
+    token: &str,
+) -> AppResult<(invites::Invitation, InviteView)> {
     let invite = invites::by_token(&state.db, token)
         .await?
         .filter(|i| i.is_usable(now()))

@@ -68,7 +68,18 @@ async fn users_page(
     let has_more = list.len() as i64 > PAGE_SIZE;
     list.truncate(PAGE_SIZE as usize);
     let orgs = orgs::list(&state.db).await?;
-    Ok(UsersPage { ctx, users: list, q: query.q, page, has_more, form, errors, created_password, invite_link, orgs })
+    Ok(UsersPage {
+        ctx,
+        users: list,
+        q: query.q,
+        page,
+        has_more,
+        form,
+        errors,
+        created_password,
+        invite_link,
+        orgs,
+    })
 }
 
 pub async fn users_index(
@@ -77,7 +88,16 @@ pub async fn users_index(
     _: SiteAdmin,
     Query(query): Query<UsersQuery>,
 ) -> AppResult<Response> {
-    let page = users_page(&state, ctx, query, NewUserForm::default(), FormErrors::default(), None, None).await?;
+    let page = users_page(
+        &state,
+        ctx,
+        query,
+        NewUserForm::default(),
+        FormErrors::default(),
+        None,
+        None,
+    )
+    .await?;
     Ok(render(&page))
 }
 
@@ -219,8 +239,21 @@ pub async fn create_invite(
         link = Some(format!("{}/invite/{token}", state.config.public_url));
     }
     let failed = !errors.is_empty();
-    let page = users_page(&state, ctx, UsersQuery::default(), NewUserForm::default(), errors, None, link).await?;
-    Ok(if failed { with_errors(&page) } else { render(&page) })
+    let page = users_page(
+        &state,
+        ctx,
+        UsersQuery::default(),
+        NewUserForm::default(),
+        errors,
+        None,
+        link,
+    )
+    .await?;
+    Ok(if failed {
+        with_errors(&page)
+    } else {
+        render(&page)
+    })
 }
 
 #[derive(Template)]
@@ -244,9 +277,18 @@ pub struct OrgForm {
     pub description: String,
 }
 
-pub async fn orgs_index(State(state): State<AppState>, ctx: PageCtx, _: SiteAdmin) -> AppResult<Response> {
+pub async fn orgs_index(
+    State(state): State<AppState>,
+    ctx: PageCtx,
+    _: SiteAdmin,
+) -> AppResult<Response> {
     let orgs = orgs::list(&state.db).await?;
-    Ok(render(&OrgsPage { ctx, orgs, form: OrgForm::default(), errors: FormErrors::default() }))
+    Ok(render(&OrgsPage {
+        ctx,
+        orgs,
+        form: OrgForm::default(),
+        errors: FormErrors::default(),
+    }))
 }
 
 pub async fn create_org(
@@ -260,8 +302,12 @@ pub async fn create_org(
     let slug = errors.check("slug", Slug::parse(&form.slug));
     let name = errors.check("name", DisplayName::parse(&form.name));
     let kind = errors.check("kind", OrgKind::parse(&form.kind).ok_or("kind_invalid"));
-    let description = errors.check("description", crate::domain::parse_description(&form.description));
-    if let (Some(slug), Some(name), Some(kind), Some(description)) = (slug, name, kind, description) {
+    let description = errors.check(
+        "description",
+        crate::domain::parse_description(&form.description),
+    );
+    if let (Some(slug), Some(name), Some(kind), Some(description)) = (slug, name, kind, description)
+    {
         match orgs::create(&state.db, &slug, name.as_str(), kind, &description).await {
             Ok(org) => {
                 flash(&session, "org_created").await?;
@@ -272,5 +318,10 @@ pub async fn create_org(
         }
     }
     let orgs = orgs::list(&state.db).await?;
-    Ok(with_errors(&OrgsPage { ctx, orgs, form, errors }))
+    Ok(with_errors(&OrgsPage {
+        ctx,
+        orgs,
+        form,
+        errors,
+    }))
 }

@@ -15,7 +15,9 @@ use crate::db::courses::{Course, CreateCourseError, NewCourse, RosterEntry};
 use crate::db::orgs::Membership;
 use crate::db::users::User;
 use crate::db::{courses, orgs, users};
-use crate::domain::{parse_description, parse_term, parse_title, CourseCode, CourseRole, Email, JoinCode, OrgKind};
+use crate::domain::{
+    parse_description, parse_term, parse_title, CourseCode, CourseRole, Email, JoinCode, OrgKind,
+};
 use crate::error::{AppError, AppResult};
 use crate::state::AppState;
 
@@ -54,14 +56,20 @@ async fn universities_for(state: &AppState, user: &User) -> AppResult<Vec<Univer
             .await?
             .into_iter()
             .filter(|o| o.kind == OrgKind::University)
-            .map(|o| UniversityChoice { id: o.id, name: o.name })
+            .map(|o| UniversityChoice {
+                id: o.id,
+                name: o.name,
+            })
             .collect()
     } else {
         orgs::of_user(&state.db, &user.id)
             .await?
             .into_iter()
             .filter(|m: &Membership| m.kind == OrgKind::University)
-            .map(|m| UniversityChoice { id: m.id, name: m.name })
+            .map(|m| UniversityChoice {
+                id: m.id,
+                name: m.name,
+            })
             .collect()
     };
     Ok(list)
@@ -73,7 +81,12 @@ pub async fn new_page(
     CourseCreator(user): CourseCreator,
 ) -> AppResult<Response> {
     let universities = universities_for(&state, &user).await?;
-    Ok(render(&NewCoursePage { ctx, universities, form: CourseForm::default(), errors: FormErrors::default() }))
+    Ok(render(&NewCoursePage {
+        ctx,
+        universities,
+        form: CourseForm::default(),
+        errors: FormErrors::default(),
+    }))
 }
 
 /// A validated course form, shared by the page and the API.
@@ -89,7 +102,12 @@ pub fn validate_course(form: &CourseForm, errors: &mut FormErrors) -> Option<Val
     let title = errors.check("title", parse_title(&form.title));
     let term = errors.check("term", parse_term(&form.term));
     let description = errors.check("description", parse_description(&form.description));
-    Some(ValidCourse { code: code?, title: title?, term: term?, description: description? })
+    Some(ValidCourse {
+        code: code?,
+        title: title?,
+        term: term?,
+        description: description?,
+    })
 }
 
 /// Creates a course for `user` at `university_id`, which must be one of theirs.
@@ -103,7 +121,9 @@ pub async fn create_course(
     if !universities.iter().any(|u| u.id == form.university_id) {
         errors.add("university_id", "university_required");
     }
-    let Some(valid) = validate_course(form, errors) else { return Ok(None) };
+    let Some(valid) = validate_course(form, errors) else {
+        return Ok(None);
+    };
     if !errors.is_empty() {
         return Ok(None);
     }
@@ -140,7 +160,12 @@ pub async fn create(
         return Ok(Redirect::to(&format!("/courses/{id}")).into_response());
     }
     let universities = universities_for(&state, &user).await?;
-    Ok(with_errors(&NewCoursePage { ctx, universities, form, errors }))
+    Ok(with_errors(&NewCoursePage {
+        ctx,
+        universities,
+        form,
+        errors,
+    }))
 }
 
 #[derive(Template)]
@@ -152,7 +177,11 @@ pub struct JoinPage {
 }
 
 pub async fn join_page(ctx: PageCtx, CurrentUser(_): CurrentUser) -> Response {
-    render(&JoinPage { ctx, code: String::new(), error: None })
+    render(&JoinPage {
+        ctx,
+        code: String::new(),
+        error: None,
+    })
 }
 
 #[derive(Deserialize)]
@@ -182,7 +211,11 @@ pub async fn join(
             flash(&session, "course_joined").await?;
             Ok(Redirect::to(&format!("/courses/{}", course.id)).into_response())
         }
-        None => Ok(with_errors(&JoinPage { ctx, code: form.code, error: Some("join_code_invalid") })),
+        None => Ok(with_errors(&JoinPage {
+            ctx,
+            code: form.code,
+            error: Some("join_code_invalid"),
+        })),
     }
 }
 
@@ -198,10 +231,20 @@ pub struct CoursePage {
     pub student_count: usize,
 }
 
-pub async fn show(State(state): State<AppState>, ctx: PageCtx, access: CourseMember) -> AppResult<Response> {
+pub async fn show(
+    State(state): State<AppState>,
+    ctx: PageCtx,
+    access: CourseMember,
+) -> AppResult<Response> {
     let roster = courses::roster(&state.db, &access.course.id).await?;
-    let student_count = roster.iter().filter(|r| r.role == CourseRole::Student).count();
-    let staff = roster.into_iter().filter(|r| r.role != CourseRole::Student).collect();
+    let student_count = roster
+        .iter()
+        .filter(|r| r.role == CourseRole::Student)
+        .count();
+    let staff = roster
+        .into_iter()
+        .filter(|r| r.role != CourseRole::Student)
+        .collect();
     let (is_staff, is_instructor) = (access.is_staff(), access.is_instructor());
     Ok(render(&CoursePage {
         ctx,
@@ -235,15 +278,32 @@ pub struct RosterPage {
     pub error: Option<&'static str>,
 }
 
-pub async fn roster(State(state): State<AppState>, ctx: PageCtx, access: CourseStaff) -> AppResult<Response> {
+pub async fn roster(
+    State(state): State<AppState>,
+    ctx: PageCtx,
+    access: CourseStaff,
+) -> AppResult<Response> {
     let roster = courses::roster(&state.db, &access.course.id).await?;
     let is_instructor = access.is_instructor();
-    Ok(render(&RosterPage { ctx, course: access.course, is_instructor, roster, ta_email: String::new(), error: None }))
+    Ok(render(&RosterPage {
+        ctx,
+        course: access.course,
+        is_instructor,
+        roster,
+        ta_email: String::new(),
+        error: None,
+    }))
 }
 
 /// Why adding a TA failed, as a message key.
-pub async fn add_ta_by_email(state: &AppState, course_id: &str, raw_email: &str) -> AppResult<Result<(), &'static str>> {
-    let Ok(email) = Email::parse(raw_email) else { return Ok(Err("email_invalid")) };
+pub async fn add_ta_by_email(
+    state: &AppState,
+    course_id: &str,
+    raw_email: &str,
+) -> AppResult<Result<(), &'static str>> {
+    let Ok(email) = Email::parse(raw_email) else {
+        return Ok(Err("email_invalid"));
+    };
     let Some(user) = users::by_email(&state.db, email.as_str()).await? else {
         return Ok(Err("user_not_found"));
     };
@@ -303,7 +363,10 @@ async fn remove_with_role(
         return Err(AppError::NotFound);
     }
     flash(session, "member_removed").await?;
-    Ok(Redirect::to(&format!("/courses/{}/roster", access.course.id)))
+    Ok(Redirect::to(&format!(
+        "/courses/{}/roster",
+        access.course.id
+    )))
 }
 
 pub async fn remove_ta(
@@ -346,18 +409,26 @@ pub fn roster_csv(course: &Course, roster: &[RosterEntry]) -> anyhow::Result<Vec
             super::templates::datetime(&r.joined_at),
         ])?;
     }
-    Ok(w.into_inner().map_err(|e| anyhow::anyhow!("csv: {e}"))?)
+    w.into_inner().map_err(|e| anyhow::anyhow!("csv: {e}"))
 }
 
-pub async fn roster_export(State(state): State<AppState>, access: CourseStaff) -> AppResult<Response> {
+pub async fn roster_export(
+    State(state): State<AppState>,
+    access: CourseStaff,
+) -> AppResult<Response> {
     let roster = courses::roster(&state.db, &access.course.id).await?;
     let body = roster_csv(&access.course, &roster)?;
-    let filename = format!("roster-{}-{}.csv", access.course.code, access.course.term)
-        .replace(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '.'), "_");
+    let filename = format!("roster-{}-{}.csv", access.course.code, access.course.term).replace(
+        |c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '.'),
+        "_",
+    );
     Ok((
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
-            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{filename}\"")),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{filename}\""),
+            ),
         ],
         body,
     )

@@ -42,27 +42,57 @@ fn pages() -> Router<AppState> {
         .route("/signup", get(accounts::signup_page).post(accounts::signup))
         .route("/login", get(accounts::login_page).post(accounts::login))
         .route("/logout", post(accounts::logout))
-        .route("/invite/{token}", get(accounts::invite_page).post(accounts::accept_invite))
+        .route(
+            "/invite/{token}",
+            get(accounts::invite_page).post(accounts::accept_invite),
+        )
         .route("/courses/new", get(courses::new_page).post(courses::create))
         .route("/courses/join", get(courses::join_page).post(courses::join))
         .route("/courses/{course_id}", get(courses::show))
-        .route("/courses/{course_id}/join-code", post(courses::regenerate_code))
+        .route(
+            "/courses/{course_id}/join-code",
+            post(courses::regenerate_code),
+        )
         .route("/courses/{course_id}/roster", get(courses::roster))
-        .route("/courses/{course_id}/roster.csv", get(courses::roster_export))
+        .route(
+            "/courses/{course_id}/roster.csv",
+            get(courses::roster_export),
+        )
         .route("/courses/{course_id}/roster/tas", post(courses::add_ta))
-        .route("/courses/{course_id}/roster/tas/{user_id}/remove", post(courses::remove_ta))
-        .route("/courses/{course_id}/roster/students/{user_id}/remove", post(courses::remove_student))
+        .route(
+            "/courses/{course_id}/roster/tas/{user_id}/remove",
+            post(courses::remove_ta),
+        )
+        .route(
+            "/courses/{course_id}/roster/students/{user_id}/remove",
+            post(courses::remove_student),
+        )
         .route("/orgs/{slug}", get(orgs::show))
         .route("/orgs/{slug}/members", post(orgs::add_member))
-        .route("/orgs/{slug}/members/{user_id}/remove", post(orgs::remove_member))
+        .route(
+            "/orgs/{slug}/members/{user_id}/remove",
+            post(orgs::remove_member),
+        )
         .route("/orgs/{slug}/invitations", post(orgs::invite))
-        .route("/settings/tokens", get(settings::tokens_index).post(settings::create_token))
-        .route("/settings/tokens/{token_id}/revoke", post(settings::revoke_token))
-        .route("/admin/users", get(admin::users_index).post(admin::create_user))
+        .route(
+            "/settings/tokens",
+            get(settings::tokens_index).post(settings::create_token),
+        )
+        .route(
+            "/settings/tokens/{token_id}/revoke",
+            post(settings::revoke_token),
+        )
+        .route(
+            "/admin/users",
+            get(admin::users_index).post(admin::create_user),
+        )
         .route("/admin/users/{user_id}/kind", post(admin::set_kind))
         .route("/admin/users/{user_id}/disabled", post(admin::set_disabled))
         .route("/admin/invitations", post(admin::create_invite))
-        .route("/admin/orgs", get(admin::orgs_index).post(admin::create_org))
+        .route(
+            "/admin/orgs",
+            get(admin::orgs_index).post(admin::create_org),
+        )
         .layer(from_fn(csrf::guard))
 }
 
@@ -85,7 +115,9 @@ pub fn build_router(state: AppState, store: Store) -> Router {
         .with_http_only(true)
         .with_same_site(SameSite::Lax)
         .with_secure(state.config.secure_cookies)
-        .with_expiry(Expiry::OnInactivity(time::Duration::days(SESSION_IDLE_DAYS)))
+        .with_expiry(Expiry::OnInactivity(time::Duration::days(
+            SESSION_IDLE_DAYS,
+        )))
         .with_signed(signing_key(state.config.session_secret.expose()));
     Router::new()
         .merge(pages())

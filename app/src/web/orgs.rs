@@ -39,7 +39,15 @@ async fn org_page(
     member_email: String,
 ) -> AppResult<OrgPage> {
     let members = orgs::members(&state.db, &org.id).await?;
-    Ok(OrgPage { ctx, org, members, can_manage, member_email, error, invite_link })
+    Ok(OrgPage {
+        ctx,
+        org,
+        members,
+        can_manage,
+        member_email,
+        error,
+        invite_link,
+    })
 }
 
 /// `GET /orgs/{slug}`: any signed-in user sees an organisation's profile and members.
@@ -49,10 +57,14 @@ pub async fn show(
     CurrentUser(user): CurrentUser,
     Path(slug): Path<String>,
 ) -> AppResult<Response> {
-    let org = orgs::by_slug(&state.db, &slug).await?.ok_or(AppError::NotFound)?;
+    let org = orgs::by_slug(&state.db, &slug)
+        .await?
+        .ok_or(AppError::NotFound)?;
     let role = orgs::role_of(&state.db, &org.id, &user.id).await?;
     let can_manage = user.is_admin() || role == Some(OrgRole::Admin);
-    Ok(render(&org_page(&state, ctx, org, can_manage, None, None, String::new()).await?))
+    Ok(render(
+        &org_page(&state, ctx, org, can_manage, None, None, String::new()).await?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -77,7 +89,16 @@ pub async fn add_member(
         Err(_) => None,
     };
     let Some(user) = user else {
-        let page = org_page(&state, ctx, access.org, true, Some("user_not_found"), None, form.email).await?;
+        let page = org_page(
+            &state,
+            ctx,
+            access.org,
+            true,
+            Some("user_not_found"),
+            None,
+            form.email,
+        )
+        .await?;
         return Ok(with_errors(&page));
     };
     orgs::set_member(&state.db, &access.org.id, &user.id, role).await?;
@@ -123,7 +144,8 @@ pub async fn invite(
         match Email::parse(&form.email) {
             Ok(e) => Some(e),
             Err(key) => {
-                let page = org_page(&state, ctx, access.org, true, Some(key), None, form.email).await?;
+                let page =
+                    org_page(&state, ctx, access.org, true, Some(key), None, form.email).await?;
                 return Ok(with_errors(&page));
             }
         }
@@ -145,5 +167,16 @@ pub async fn invite(
     )
     .await?;
     let link = format!("{}/invite/{token}", state.config.public_url);
-    Ok(render(&org_page(&state, ctx, access.org, true, None, Some(link), String::new()).await?))
+    Ok(render(
+        &org_page(
+            &state,
+            ctx,
+            access.org,
+            true,
+            None,
+            Some(link),
+            String::new(),
+        )
+        .await?,
+    ))
 }

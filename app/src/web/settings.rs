@@ -29,7 +29,12 @@ pub async fn tokens_index(
     CurrentUser(user): CurrentUser,
 ) -> AppResult<Response> {
     let tokens = tokens::of_user(&state.db, &user.id).await?;
-    Ok(render(&TokensPage { ctx, tokens, new_token: None, error: None }))
+    Ok(render(&TokensPage {
+        ctx,
+        tokens,
+        new_token: None,
+        error: None,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -48,11 +53,21 @@ pub async fn create_token(
         Ok(name) => {
             let token = tokens::create(&state.db, &user.id, name.as_str()).await?;
             let tokens = tokens::of_user(&state.db, &user.id).await?;
-            Ok(render(&TokensPage { ctx, tokens, new_token: Some(token), error: None }))
+            Ok(render(&TokensPage {
+                ctx,
+                tokens,
+                new_token: Some(token),
+                error: None,
+            }))
         }
         Err(_) => {
             let tokens = tokens::of_user(&state.db, &user.id).await?;
-            Ok(with_errors(&TokensPage { ctx, tokens, new_token: None, error: Some("token_name_required") }))
+            Ok(with_errors(&TokensPage {
+                ctx,
+                tokens,
+                new_token: None,
+                error: Some("token_name_required"),
+            }))
         }
     }
 }

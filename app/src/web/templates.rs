@@ -39,14 +39,21 @@ const FLASH_KEY: &str = "flash";
 
 impl PageCtx {
     pub fn anonymous() -> Self {
-        PageCtx { user: None, csrf: String::new(), flash: None }
+        PageCtx {
+            user: None,
+            csrf: String::new(),
+            flash: None,
+        }
     }
     pub fn is_admin(&self) -> bool {
         self.user.as_ref().is_some_and(User::is_admin)
     }
     pub fn can_create_courses(&self) -> bool {
         self.user.as_ref().is_some_and(|u| {
-            matches!(u.kind, crate::domain::UserKind::Instructor | crate::domain::UserKind::Admin)
+            matches!(
+                u.kind,
+                crate::domain::UserKind::Instructor | crate::domain::UserKind::Admin
+            )
         })
     }
 }
@@ -56,9 +63,14 @@ impl FromRequestParts<AppState> for PageCtx {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
         let session = Session::from_request_parts(parts, state)
             .await
-            .map_err(|(_, msg)| AppError::Internal(anyhow::anyhow!("session layer missing: {msg}")))?;
+            .map_err(|(_, msg)| {
+                AppError::Internal(anyhow::anyhow!("session layer missing: {msg}"))
+            })?;
         let csrf = csrf::token(&session).await?;
-        let flash = session.remove::<String>(FLASH_KEY).await.map_err(session_error)?;
+        let flash = session
+            .remove::<String>(FLASH_KEY)
+            .await
+            .map_err(session_error)?;
         let user = parts.extensions.get::<Authn>().and_then(|a| a.user.clone());
         Ok(PageCtx { user, csrf, flash })
     }
@@ -117,7 +129,12 @@ pub struct ErrorPage {
 
 impl ErrorPage {
     pub fn new(status: StatusCode, code: &'static str, retry_after: Option<i64>) -> Self {
-        ErrorPage { ctx: PageCtx::anonymous(), status: status.as_u16(), code, retry_after }
+        ErrorPage {
+            ctx: PageCtx::anonymous(),
+            status: status.as_u16(),
+            code,
+            retry_after,
+        }
     }
     pub fn retry_minutes(&self) -> i64 {
         self.retry_after.map(|s| (s + 59) / 60).unwrap_or(0)
@@ -129,8 +146,10 @@ pub fn datetime(ts: &i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(*ts)
         .ok()
         .and_then(|t| {
-            t.format(time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC"))
-                .ok()
+            t.format(time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute] UTC"
+            ))
+            .ok()
         })
         .unwrap_or_default()
 }

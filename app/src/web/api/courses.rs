@@ -27,13 +27,21 @@ pub struct Me {
 #[utoipa::path(get, path = "/api/v1/me", tag = "account",
     responses((status = 200, body = Me), (status = 401, body = ApiErrorBody)))]
 pub async fn me(CurrentUser(user): CurrentUser) -> Json<Me> {
-    Json(Me { id: user.id, email: user.email, display_name: user.display_name, kind: user.kind })
+    Json(Me {
+        id: user.id,
+        email: user.email,
+        display_name: user.display_name,
+        kind: user.kind,
+    })
 }
 
 /// The courses the caller is enrolled in, with their role.
 #[utoipa::path(get, path = "/api/v1/courses", tag = "courses",
     responses((status = 200, body = Vec<MyCourse>), (status = 401, body = ApiErrorBody)))]
-pub async fn list(State(state): State<AppState>, CurrentUser(user): CurrentUser) -> AppResult<Json<Vec<MyCourse>>> {
+pub async fn list(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+) -> AppResult<Json<Vec<MyCourse>>> {
     Ok(Json(db_courses::of_user(&state.db, &user.id).await?))
 }
 
@@ -62,7 +70,11 @@ pub struct CourseOut {
 
 fn course_out(course: Course, role: Option<CourseRole>, staff: bool) -> CourseOut {
     let join_code = staff.then(|| course.join_code.clone());
-    CourseOut { course, role, join_code }
+    CourseOut {
+        course,
+        role,
+        join_code,
+    }
 }
 
 fn validation(errors: FormErrors) -> AppError {
@@ -85,9 +97,16 @@ pub async fn create(
         description: body.description,
     };
     let mut errors = FormErrors::default();
-    let id = create_course(&state, &user, &form, &mut errors).await?.ok_or_else(|| validation(errors))?;
-    let course = db_courses::by_id(&state.db, &id).await?.ok_or(AppError::NotFound)?;
-    Ok((StatusCode::CREATED, Json(course_out(course, Some(CourseRole::Instructor), true))))
+    let id = create_course(&state, &user, &form, &mut errors)
+        .await?
+        .ok_or_else(|| validation(errors))?;
+    let course = db_courses::by_id(&state.db, &id)
+        .await?
+        .ok_or(AppError::NotFound)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(course_out(course, Some(CourseRole::Instructor), true)),
+    ))
 }
 
 /// One course the caller belongs to.
@@ -129,7 +148,10 @@ pub struct JoinCodeOut {
 #[utoipa::path(post, path = "/api/v1/courses/{course_id}/join-code", tag = "courses",
     params(("course_id" = String, Path)),
     responses((status = 200, body = JoinCodeOut), (status = 403, body = ApiErrorBody)))]
-pub async fn regenerate_join_code(State(state): State<AppState>, access: CourseInstructor) -> AppResult<Json<JoinCodeOut>> {
+pub async fn regenerate_join_code(
+    State(state): State<AppState>,
+    access: CourseInstructor,
+) -> AppResult<Json<JoinCodeOut>> {
     let join_code = db_courses::regenerate_join_code(&state.db, &access.course.id).await?;
     Ok(Json(JoinCodeOut { join_code }))
 }
@@ -138,8 +160,13 @@ pub async fn regenerate_join_code(State(state): State<AppState>, access: CourseI
 #[utoipa::path(get, path = "/api/v1/courses/{course_id}/roster", tag = "courses",
     params(("course_id" = String, Path)),
     responses((status = 200, body = Vec<RosterEntry>), (status = 403, body = ApiErrorBody)))]
-pub async fn roster(State(state): State<AppState>, access: CourseStaff) -> AppResult<Json<Vec<RosterEntry>>> {
-    Ok(Json(db_courses::roster(&state.db, &access.course.id).await?))
+pub async fn roster(
+    State(state): State<AppState>,
+    access: CourseStaff,
+) -> AppResult<Json<Vec<RosterEntry>>> {
+    Ok(Json(
+        db_courses::roster(&state.db, &access.course.id).await?,
+    ))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -172,8 +199,10 @@ pub async fn remove_member(
     Path(ids): Path<(String, String)>,
 ) -> AppResult<StatusCode> {
     let user_id = ids.1;
-    let removed = db_courses::unenroll(&state.db, &access.course.id, &user_id, CourseRole::Ta).await?
-        || db_courses::unenroll(&state.db, &access.course.id, &user_id, CourseRole::Student).await?;
+    let removed = db_courses::unenroll(&state.db, &access.course.id, &user_id, CourseRole::Ta)
+        .await?
+        || db_courses::unenroll(&state.db, &access.course.id, &user_id, CourseRole::Student)
+            .await?;
     if removed {
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -79,11 +79,16 @@ pub async fn json_errors(req: Request, next: Next) -> Response {
             let body = ApiErrorBody {
                 error: info.code.to_owned(),
                 message: info.message.clone(),
-                fields: info.fields.iter().map(|(f, k)| ((*f).to_owned(), (*k).to_owned())).collect(),
+                fields: info
+                    .fields
+                    .iter()
+                    .map(|(f, k)| ((*f).to_owned(), (*k).to_owned()))
+                    .collect(),
             };
             let mut json = (info.status, Json(body)).into_response();
             if let Some(retry) = response.headers().get(header::RETRY_AFTER) {
-                json.headers_mut().insert(header::RETRY_AFTER, retry.clone());
+                json.headers_mut()
+                    .insert(header::RETRY_AFTER, retry.clone());
             }
             json
         }
