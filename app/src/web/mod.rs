@@ -17,6 +17,7 @@ use std::sync::Arc;
 use axum::extract::{MatchedPath, Request};
 use axum::http::{header, HeaderValue};
 use axum::middleware::{from_fn, from_fn_with_state};
+use axum::response::IntoResponse as _;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use tower_http::catch_panic::CatchPanicLayer;
@@ -141,7 +142,9 @@ pub fn build_router(state: AppState, store: Store) -> Router {
                 tracing::info_span!("request", method = %req.method(), route)
             }),
         )
-        .layer(CatchPanicLayer::new())
+        .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
+            AppError::Internal(anyhow::anyhow!("a handler panicked")).into_response()
+        }))
         .layer(SetResponseHeaderLayer::if_not_present(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
