@@ -248,6 +248,25 @@ pub fn extract_csrf(html: &str) -> Option<String> {
     Some(html[start..end].to_owned())
 }
 
+/// The text after `marker` up to the next `<` (a value shown once on a page).
+pub fn shown_value(html: &str, marker: &str) -> String {
+    let start = html
+        .find(marker)
+        .unwrap_or_else(|| panic!("page lacks {marker}"))
+        + marker.len();
+    html[start..].chars().take_while(|c| *c != '<').collect()
+}
+
+/// The path `/invite/<token>` of the invitation link shown on a page.
+pub fn invite_path(html: &str) -> String {
+    let start = html.find("/invite/").expect("invitation link shown");
+    let token: String = html[start + 8..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    format!("/invite/{token}")
+}
+
 /// Where a redirect points.
 pub fn location(r: &Response) -> String {
     r.headers()

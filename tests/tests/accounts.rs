@@ -2,7 +2,7 @@
 
 use reqwest::StatusCode;
 use sanhak::domain::UserKind;
-use sanhak_tests::{both_backends, location, TestApp, PASSWORD};
+use sanhak_tests::{both_backends, invite_path, location, TestApp, PASSWORD};
 
 fn session_cookie(r: &reqwest::Response) -> Option<String> {
     r.cookies()
@@ -291,12 +291,7 @@ both_backends!(
             .await;
         assert_eq!(r.status(), StatusCode::OK);
         let html = r.text().await.unwrap();
-        let start = html.find("/invite/").expect("invite link shown");
-        let token: String = html[start + 8..]
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
-        let path = format!("/invite/{token}");
+        let path = invite_path(&html);
 
         let newcomer = app.browser();
         assert_eq!(newcomer.get(&path).await.status(), StatusCode::OK);

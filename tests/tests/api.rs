@@ -2,7 +2,7 @@
 
 use reqwest::{Method, StatusCode};
 use sanhak::domain::{OrgKind, OrgRole, UserKind};
-use sanhak_tests::{both_backends, Api, TestApp};
+use sanhak_tests::{both_backends, shown_value, Api, TestApp};
 use serde_json::{json, Value};
 
 async fn token_for(
@@ -14,10 +14,7 @@ async fn token_for(
     let r = b.post_form("/settings/tokens", &[("name", "test")]).await;
     assert_eq!(r.status(), StatusCode::OK);
     let html = r.text().await.unwrap();
-    let marker = "id=\"new-token\">";
-    let start = html.find(marker).expect("token shown once") + marker.len();
-    let token: String = html[start..].chars().take_while(|c| *c != '<').collect();
-    (user, token)
+    (user, shown_value(&html, "id=\"new-token\">"))
 }
 
 both_backends!(api_course_story, |app: TestApp| async move {

@@ -4,7 +4,7 @@
 use reqwest::StatusCode;
 use sanhak::db::orgs;
 use sanhak::domain::{OrgKind, OrgRole, UserKind};
-use sanhak_tests::{both_backends, TestApp, PASSWORD};
+use sanhak_tests::{both_backends, invite_path, shown_value, TestApp, PASSWORD};
 
 both_backends!(
     company_admin_invites_and_manages_members,
@@ -44,15 +44,11 @@ both_backends!(
             .await;
         assert_eq!(r.status(), StatusCode::OK);
         let html = r.text().await.unwrap();
-        let start = html.find("/invite/").expect("link shown");
-        let token: String = html[start + 8..]
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
+        let path = invite_path(&html);
         let newcomer = app.browser();
         let r = newcomer
             .post_form(
-                &format!("/invite/{token}"),
+                &path,
                 &[
                     // The invitation is locked to its email: what is typed here is ignored.
                     ("email", "someone.else@evil.example"),
@@ -161,9 +157,7 @@ both_backends!(admin_creates_orgs_and_users, |app: TestApp| async move {
         .await;
     assert_eq!(r.status(), StatusCode::OK);
     let html = r.text().await.unwrap();
-    let marker = "id=\"one-time-password\">";
-    let start = html.find(marker).expect("password shown") + marker.len();
-    let password: String = html[start..].chars().take_while(|c| *c != '<').collect();
+    let password = shown_value(&html, "id=\"one-time-password\">");
     let b = app.browser();
     assert_eq!(
         b.login("ta@uni.ac.kr", &password).await.status(),
