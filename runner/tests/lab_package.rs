@@ -65,7 +65,7 @@ fn missing_files_are_named() {
 
 #[test]
 fn bad_rubric_and_settings_are_named() {
-    let e = load_with(|_, t| t.replace("target = 0.85", "target = 0.1"));
+    let e = load_with(|_, t| t.replace("target = 0.90", "target = 0.1"));
     assert!(e.contains("grading.target"), "{e}");
     let e = load_with(|_, t| t.replace("public_fraction = 0.5", "public_fraction = 1.5"));
     assert!(e.contains("grading.public_fraction"), "{e}");
