@@ -78,6 +78,21 @@ pub enum LabCommand {
         #[command(flatten)]
         steps: StepArgs,
     },
+    /// Train a recipe without grading, writing JSON-lines events to stdout and
+    /// the checkpoint to --out. This is what the runner service starts inside
+    /// the sandbox; the trusted grader runs outside it.
+    Train {
+        /// The lab folder.
+        dir: PathBuf,
+        /// The recipe (TOML) to run.
+        #[arg(long)]
+        recipe: PathBuf,
+        /// Output folder for model.safetensors.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        steps: StepArgs,
+    },
     /// Build a lab's base checkpoint from its shipped data with its fixed seed.
     BuildBase {
         /// Lab id (looked up under --labs-dir) or a lab folder.
@@ -258,6 +273,20 @@ impl LabCommand {
                 println!("{}", serde_json::to_string_pretty(&run.outcome)?);
                 Ok(())
             }
+            LabCommand::Train {
+                dir,
+                recipe,
+                out,
+                steps,
+            } => {
+                let opts = steps.options()?;
+                let lab = Lab::load(&dir)?;
+                let recipe = load_recipe(&lab, &recipe)?;
+                let stdout = std::io::stdout();
+                let mut sink = JsonLinesSink::new(stdout.lock());
+                crate::programs::run_program(&lab, &recipe, &out, &opts, &mut sink)?;
+                Ok(())
+            }
             LabCommand::BuildBase {
                 lab,
                 labs_dir,
@@ -285,5 +314,65 @@ impl LabCommand {
                 Ok(())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: LabCommand,
+    }
+
+    #[test]
+    fn commands_parse() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["lab", "check", "labs/x", "--quick"]).unwrap();
+        match cli.command {
+            LabCommand::Check { steps, .. } => {
+                assert_eq!(steps.options().unwrap().step_scale, QUICK_STEP_SCALE)
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from([
+            "lab",
+            "run",
+            "labs/x",
+            "--recipe",
+            "r.toml",
+            "--step-scale",
+            "0.5",
+        ])
+        .unwrap();
+        match cli.command {
+            LabCommand::Run { steps, recipe, .. } => {
+                assert_eq!(steps.options().unwrap().step_scale, 0.5);
+                assert_eq!(recipe, PathBuf::from("r.toml"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from(["lab", "build-base", "fashion-transfer"]).unwrap();
+        assert!(matches!(cli.command, LabCommand::BuildBase { .. }));
+        let bad = Cli::try_parse_from([
+            "lab",
+            "run",
+            "labs/x",
+            "--recipe",
+            "r.toml",
+            "--step-scale",
+            "3",
+        ])
+        .unwrap();
+        if let LabCommand::Run { steps, .. } = bad.command {
+            assert!(steps.options().is_err(), "a step scale above 1 is refused");
+        }
+        assert!(
+            Cli::try_parse_from(["lab", "train", "labs/x"]).is_err(),
+            "--recipe and --out are required"
+        );
     }
 }
