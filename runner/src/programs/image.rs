@@ -676,6 +676,7 @@ impl Program for ImageClassifier {
                 "unknown layer group {f:?} to freeze"
             )));
         }
+        let t0 = Instant::now();
         let (train, valid) = self.sets(lab, &s)?;
         let total = config.total_steps(train.len(), opts.step_scale);
         let plan = FitPlan {
@@ -702,15 +703,7 @@ impl Program for ImageClassifier {
         };
         let path = out_dir.join("model.safetensors");
         let bytes = save_checkpoint(&weights, &path)?;
-        let elapsed = record
-            .events
-            .iter()
-            .rev()
-            .find_map(|e| match e {
-                Event::Step { elapsed_s, .. } => Some(*elapsed_s),
-                _ => None,
-            })
-            .unwrap_or(0.0);
+        let elapsed = t0.elapsed().as_secs_f64();
         for e in [
             Event::Checkpoint {
                 path: "model.safetensors".into(),
