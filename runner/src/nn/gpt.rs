@@ -275,6 +275,41 @@ impl Gpt {
         self.lm_head.forward(&x)
     }
 
+    /// Every tensor under its base name, detached, with LoRA adapters merged
+    /// into their base weights: a plain checkpoint that [`Gpt::new`] loads
+    /// (e.g. through `VarBuilder::from_tensors`) with the same outputs.
+    pub fn merged_tensors(&self) -> Result<std::collections::HashMap<String, Tensor>> {
+        let mut out = std::collections::HashMap::new();
+        let mut put_ln =
+            |out: &mut std::collections::HashMap<String, Tensor>, name: &str, ln: &LayerNorm| {
+                out.insert(format!("{name}.weight"), ln.weight().detach());
+                out.insert(format!("{name}.bias"), ln.bias().detach());
+            };
+        let put_proj = |out: &mut std::collections::HashMap<String, Tensor>,
+                        name: &str,
+                        p: &Proj|
+         -> Result<()> {
+            out.insert(format!("{name}.weight"), p.merged_weight()?);
+            if let Some(b) = p.bias() {
+                out.insert(format!("{name}.bias"), b.detach());
+            }
+            Ok(())
+        };
+        out.insert("wte.weight".into(), self.wte.detach());
+        out.insert("wpe.weight".into(), self.wpe.detach());
+        for (i, b) in self.blocks.iter().enumerate() {
+            put_ln(&mut out, &format!("h.{i}.ln_1"), &b.ln_1);
+            put_ln(&mut out, &format!("h.{i}.ln_2"), &b.ln_2);
+            put_proj(&mut out, &format!("h.{i}.attn.c_attn"), &b.attn.c_attn)?;
+            put_proj(&mut out, &format!("h.{i}.attn.c_proj"), &b.attn.c_proj)?;
+            put_proj(&mut out, &format!("h.{i}.mlp.c_fc"), &b.mlp.c_fc)?;
+            put_proj(&mut out, &format!("h.{i}.mlp.c_proj"), &b.mlp.c_proj)?;
+        }
+        put_ln(&mut out, "ln_f", &self.ln_f);
+        put_proj(&mut out, "lm_head", &self.lm_head)?;
+        Ok(out)
+    }
+
     /// Mean cross-entropy in nats of predicting `targets` `[B, T]` from `idx`.
     pub fn loss(&self, idx: &Tensor, targets: &Tensor) -> Result<Tensor> {
         self.loss_t(idx, targets, None)
@@ -579,7 +614,18 @@ mod tests {
             }
         }
         let (x, y) = batch(&dev)?;
-        check_all(&lora_vm, || model.loss(&x, &y), 2, 1e-6, 1e-5)
+        check_all(&lora_vm, || model.loss(&x, &y), 2, 1e-6, 1e-5)?;
+
+        // The merged export is a plain model with the same outputs.
+        let merged = model.merged_tensors()?;
+        assert_eq!(merged.len(), base_vm.all_vars().len());
+        let plain = Gpt::new(VarBuilder::from_tensors(merged, DType::F64, &dev), &tiny())?;
+        let d = (model.forward(&x)? - plain.forward(&x)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f64>()?;
+        assert!(d < 1e-10, "merged GPT differs by {d}");
+        Ok(())
     }
 
     #[test]

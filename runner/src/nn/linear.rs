@@ -157,6 +157,14 @@ impl LayerNorm {
         let bias = vb.get_with_hints(dim, "bias", candle_nn::init::ZERO)?;
         Ok(Self { weight, bias, eps })
     }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> &Tensor {
+        &self.bias
+    }
 }
 
 impl Module for LayerNorm {
