@@ -280,7 +280,7 @@ impl Gpt {
     /// (e.g. through `VarBuilder::from_tensors`) with the same outputs.
     pub fn merged_tensors(&self) -> Result<std::collections::HashMap<String, Tensor>> {
         let mut out = std::collections::HashMap::new();
-        let mut put_ln =
+        let put_ln =
             |out: &mut std::collections::HashMap<String, Tensor>, name: &str, ln: &LayerNorm| {
                 out.insert(format!("{name}.weight"), ln.weight().detach());
                 out.insert(format!("{name}.bias"), ln.bias().detach());
