@@ -209,7 +209,7 @@ impl LabCommand {
                 let report = check_lab(&dir, &opts, &mut |p| match p {
                     CheckProgress::Phase(name) => {
                         pb.set_prefix(name.to_string());
-                        pb.println(format!("== {name}"));
+                        pb.suspend(|| eprintln!("== {name}"));
                     }
                     CheckProgress::Event(e) => on_event(&pb, e),
                 })
