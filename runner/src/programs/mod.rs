@@ -12,6 +12,7 @@
 
 pub mod idx;
 pub mod image;
+pub mod lm;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -25,7 +26,7 @@ use crate::recipe::Recipe;
 use crate::train::{CurveSummary, EventSink, RunOptions, TrainConfig, TrainError};
 
 /// Names of the programs this runner knows.
-pub const PROGRAM_NAMES: &[&str] = &[image::NAME];
+pub const PROGRAM_NAMES: &[&str] = &[image::NAME, lm::NAME];
 
 /// Errors of a program run or evaluation (infrastructure or configuration,
 /// never the student's fault once the recipe has been validated).
@@ -155,6 +156,7 @@ pub trait Program: Send + Sync {
 pub fn program_by_name(name: &str) -> Result<Box<dyn Program>, ProgramError> {
     match name {
         image::NAME => Ok(Box::new(image::ImageClassifier)),
+        lm::NAME => Ok(Box::new(lm::ByteGpt)),
         other => Err(ProgramError::Unknown(other.to_string())),
     }
 }
