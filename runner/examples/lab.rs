@@ -7,6 +7,9 @@ use sanhak_runner::cli::LabCommand;
 #[derive(Parser)]
 #[command(name = "lab", about = "Sanhak lab package tools")]
 struct Cli {
+    /// Folder holding the lab packages.
+    #[arg(long, default_value = "labs", global = true)]
+    labs_dir: std::path::PathBuf,
     #[command(subcommand)]
     command: LabCommand,
 }
@@ -16,5 +19,6 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
-    Cli::parse().command.run()
+    let cli = Cli::parse();
+    cli.command.run(&cli.labs_dir)
 }

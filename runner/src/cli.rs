@@ -95,11 +95,8 @@ pub enum LabCommand {
     },
     /// Build a lab's base checkpoint from its shipped data with its fixed seed.
     BuildBase {
-        /// Lab id (looked up under --labs-dir) or a lab folder.
+        /// Lab id (looked up in the labs folder) or a lab folder.
         lab: String,
-        /// Folder holding the lab packages.
-        #[arg(long, default_value = "labs")]
-        labs_dir: PathBuf,
         #[command(flatten)]
         steps: StepArgs,
     },
@@ -193,7 +190,8 @@ fn resolve_lab(lab: &str, labs_dir: &Path) -> PathBuf {
 
 impl LabCommand {
     /// Run the command, printing to stdout.
-    pub fn run(self) -> anyhow::Result<()> {
+    /// Runs the command; lab ids given to `build-base` are looked up in `labs_dir`.
+    pub fn run(self, labs_dir: &Path) -> anyhow::Result<()> {
         match self {
             LabCommand::Check {
                 dir,
@@ -287,13 +285,9 @@ impl LabCommand {
                 crate::programs::run_program(&lab, &recipe, &out, &opts, &mut sink)?;
                 Ok(())
             }
-            LabCommand::BuildBase {
-                lab,
-                labs_dir,
-                steps,
-            } => {
+            LabCommand::BuildBase { lab, steps } => {
                 let opts = steps.options()?;
-                let dir = resolve_lab(&lab, &labs_dir);
+                let dir = resolve_lab(&lab, labs_dir);
                 let lab = Lab::load(&dir)?;
                 let program = program_for(&lab)?;
                 let pb = bar();
