@@ -17,7 +17,7 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::lab::{FeedbackItem, Lab};
+use crate::lab::{Direction, FeedbackItem, Lab};
 use crate::programs::{program_for, Evaluation, Program, ProgramError};
 use crate::train::CurveSummary;
 
@@ -276,15 +276,22 @@ fn hints(lab: &Lab, points: f64, curve: Option<&CurveSummary>) -> Vec<String> {
                 out.push("The training loss rose: the learning rate is probably too high.".into());
             }
         }
+        // The eval metric at its best (by the lab's direction) against where training ended.
+        let higher_is_better = lab.manifest.grading.direction == Direction::Higher;
+        let better = |a: f64, b: f64| if higher_is_better { a.max(b) } else { a.min(b) };
         if let (Some(best), Some(last)) = (
-            c.evals
-                .iter()
-                .map(|e| e.1)
-                .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x)))),
+            c.evals.iter().map(|e| e.1).fold(None, |m: Option<f64>, x| {
+                Some(m.map_or(x, |m| better(m, x)))
+            }),
             c.evals.last(),
         ) {
-            if best - last.1 > 0.03 && c.early_stopped_at.is_none() {
-                out.push("Validation accuracy peaked before the end: try early stopping, fewer steps or more weight decay.".into());
+            let worsened_by = if higher_is_better {
+                best - last.1
+            } else {
+                last.1 - best
+            };
+            if worsened_by > 0.03 && c.early_stopped_at.is_none() {
+                out.push("The validation metric was best before the end of training: try early stopping, fewer steps or more weight decay.".into());
             }
         }
     }
