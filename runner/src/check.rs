@@ -134,9 +134,10 @@ pub fn check_lab(
     progress(CheckProgress::Phase("validating package"));
     let lab = Lab::load(dir)?;
     if lab.manifest.kind == LabKind::Code {
-        return Err(CheckError::Other(
-            "lab check of code labs needs the code-lab harness, which this runner does not have yet".into(),
-        ));
+        return Err(CheckError::Other(format!(
+            "{} is a code lab: check it with `crate::codelab::check::check_code_lab` (`sanhak lab check` does this)",
+            lab.id()
+        )));
     }
     let program = program_for(&lab)?;
     let g = lab.manifest.grading.clone();

@@ -12,8 +12,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::check::{
     check_lab, load_recipe, run_and_grade, CheckOptions, CheckProgress, CheckReport,
 };
+use crate::codelab::check::{check_code_lab, CodeCheckOptions, CodeCheckProgress, CodeCheckReport};
+use crate::codelab::CodeOutcome;
 use crate::grade::GradeOutcome;
-use crate::lab::Lab;
+use crate::lab::{Lab, LabKind};
 use crate::programs::program_for;
 use crate::train::events::{Event, EventSink, FnSink, JsonLinesSink, TeeSink};
 use crate::train::RunOptions;
@@ -179,6 +181,87 @@ fn print_report(r: &CheckReport) {
     }
 }
 
+fn print_code_report(r: &CodeCheckReport) {
+    println!(
+        "lab check {} (code lab, step scale {})",
+        r.lab_id, r.step_scale
+    );
+    println!("  base checkpoint   {} bytes", r.base_bytes);
+    println!("  before fine-tune  {}", describe(&r.before));
+    for run in [&r.starter, &r.solution] {
+        let mem = run
+            .peak_rss_mib
+            .map(|m| format!(", peak {m:.0} MiB"))
+            .unwrap_or_default();
+        match &run.outcome {
+            CodeOutcome::Graded(g) => {
+                println!(
+                    "  {:<17} {:.1}/{} points [{:.1} s{mem}]",
+                    run.name, g.points, g.max_points, run.wall_s
+                );
+                for line in &g.feedback {
+                    println!("      {line}");
+                }
+            }
+            CodeOutcome::NotGradable { reason } => {
+                println!("  {:<17} NOT GRADABLE: {reason}", run.name)
+            }
+        }
+    }
+    println!(
+        "  fine-tuning target {} ({} points in all)",
+        r.fine_tune_target, r.max_points
+    );
+    match r.peak_rss_mib {
+        Some(m) => println!(
+            "  wall time {:.1} s (build {:.1} s), peak memory of the checker {m:.0} MiB",
+            r.wall_s, r.build_s
+        ),
+        None => println!("  wall time {:.1} s (build {:.1} s)", r.wall_s, r.build_s),
+    }
+    if r.passed() {
+        println!("PASSED");
+    } else {
+        for f in &r.failures {
+            println!("  FAIL: {f}");
+        }
+    }
+}
+
+/// `lab check` of a code lab: builds the starter and the solution with cargo
+/// (a normal compile; in the runner service the sandbox compiles instead).
+fn check_code(
+    dir: &Path,
+    step_scale: f64,
+    work_dir: Option<PathBuf>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let opts = CodeCheckOptions {
+        step_scale,
+        work_dir,
+        binaries: None,
+    };
+    let pb = bar();
+    let report = check_code_lab(dir, &opts, &mut |p| match p {
+        CodeCheckProgress::Phase(name) => {
+            pb.set_prefix(name.to_string());
+            pb.suspend(|| eprintln!("== {name}"));
+        }
+        CodeCheckProgress::Event(e) => on_event(&pb, e),
+    })
+    .with_context(|| format!("lab check {}", dir.display()))?;
+    pb.finish_and_clear();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_code_report(&report);
+    }
+    if !report.passed() {
+        bail!("lab check failed: {}", report.failures.join("; "));
+    }
+    Ok(())
+}
+
 fn resolve_lab(lab: &str, labs_dir: &Path) -> PathBuf {
     let p = Path::new(lab);
     if p.join(crate::lab::MANIFEST_FILE).is_file() {
@@ -199,6 +282,9 @@ impl LabCommand {
                 work_dir,
                 json,
             } => {
+                if Lab::load(&dir)?.manifest.kind == LabKind::Code {
+                    return check_code(&dir, steps.options()?.step_scale, work_dir, json);
+                }
                 let opts = CheckOptions {
                     run: steps.options()?,
                     work_dir,

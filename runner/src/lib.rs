@@ -9,10 +9,13 @@
 //! - [`train`]: the shared training machinery (optimizer, schedules,
 //!   clipping, early stopping, JSON-lines events, checkpoints).
 //! - [`grade`]: the trusted grader, run outside the sandbox.
+//! - [`codelab`]: code labs: the process protocol with a labkit submission,
+//!   the hidden numerical tests and the graded fine-tuning run.
 //! - [`check`] and [`cli`]: `sanhak lab check|run|build-base`.
 
 pub mod check;
 pub mod cli;
+pub mod codelab;
 pub mod grade;
 pub mod lab;
 pub mod nn;

@@ -85,6 +85,9 @@ pub struct LabManifest {
     pub data: BTreeMap<String, BTreeMap<String, String>>,
     /// The recipe schema (required for `recipe` labs).
     pub recipe: Option<RecipeSchema>,
+    /// The code-lab table (required for `code` labs, refused for `recipe` labs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<crate::codelab::spec::CodeSpec>,
     pub grading: Grading,
     pub limits: Limits,
 }
@@ -428,6 +431,24 @@ impl Lab {
             }
             (Some(schema), _) => schema.check(&file, program.supported_params())?,
             (None, LabKind::Code) => {}
+        }
+        match (&m.code, m.kind) {
+            (Some(code), LabKind::Code) => code.check(&file, &self.dir)?,
+            (None, LabKind::Code) => {
+                return Err(LabError::invalid(
+                    &file,
+                    "code",
+                    "a [code] table (harness, numerical tests, fine-tuning) for a code lab",
+                ));
+            }
+            (Some(_), LabKind::Recipe) => {
+                return Err(LabError::invalid(
+                    &file,
+                    "code",
+                    "no [code] table in a recipe lab (set kind = \"code\")",
+                ));
+            }
+            (None, LabKind::Recipe) => {}
         }
         if m.grading.metric != program.metric_name() {
             return Err(LabError::invalid(
