@@ -258,6 +258,12 @@ fn crashes_timeouts_and_bad_outputs_fail_the_tests_with_a_clear_message() {
         r.tests[0].message
     );
 
+    // A child that leaves a grandchild holding its output open is stopped too.
+    let orphan = script(tmp.path(), "orphan", "sleep 30 &\nsleep 30");
+    let r = run(&orphan);
+    assert_eq!(r.exit, ExitKind::TimedOut { limit_s: 2 });
+    assert!(r.wall_s < 10.0, "a grandchild kept the grader waiting");
+
     let abort = script(tmp.path(), "abort", "kill -9 $$");
     let r = run(&abort);
     assert!(

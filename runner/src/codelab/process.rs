@@ -76,6 +76,18 @@ impl ProcessOutcome {
     }
 }
 
+/// How long to wait for the pipes to close after the program ended.
+const DRAIN: Duration = Duration::from_secs(2);
+
+/// Kill the process group `pgid` (the program and anything it started).
+fn kill_group(pgid: u32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pgid}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
 /// The peak resident memory (VmHWM) of a running process, in MiB.
 fn vm_hwm_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -105,11 +117,14 @@ pub fn run_with_limit(
     on_event: &mut dyn FnMut(&Event),
 ) -> std::io::Result<ProcessOutcome> {
     let t0 = Instant::now();
+    use std::os::unix::process::CommandExt;
+    // Its own process group, so that anything it starts is stopped with it.
     let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()?;
     let stdout = child
         .stdout
@@ -120,7 +135,7 @@ pub fn run_with_limit(
         .take()
         .ok_or_else(|| std::io::Error::other("no stderr pipe"))?;
     let (tx, rx) = mpsc::channel::<Option<Event>>();
-    let out_thread = std::thread::spawn(move || {
+    std::thread::spawn(move || {
         let mut reader = BufReader::new(stdout);
         let mut kept = 0usize;
         loop {
@@ -156,7 +171,8 @@ pub fn run_with_limit(
             }
         }
     });
-    let err_thread = std::thread::spawn(move || {
+    let (err_tx, err_rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
         let mut reader = BufReader::new(stderr);
         let mut tail: Vec<u8> = Vec::new();
         let mut buf = [0u8; 4096];
@@ -171,7 +187,7 @@ pub fn run_with_limit(
                 }
             }
         }
-        String::from_utf8_lossy(&tail).into_owned()
+        let _ = err_tx.send(String::from_utf8_lossy(&tail).into_owned());
     });
     let mut events = Vec::new();
     let mut other_lines = 0;
@@ -196,6 +212,7 @@ pub fn run_with_limit(
             break exit_kind(status);
         }
         if t0.elapsed() > limit {
+            kill_group(pid);
             let _ = child.kill();
             let _ = child.wait();
             break ExitKind::TimedOut {
@@ -203,12 +220,15 @@ pub fn run_with_limit(
             };
         }
     };
-    // The pipes close when the child (and anything holding them) is gone.
-    let _ = out_thread.join();
-    while let Ok(msg) = rx.try_recv() {
+    // Whatever the program left running goes with it; then the pipes close.
+    kill_group(pid);
+    let drain_until = Instant::now() + DRAIN;
+    while let Ok(msg) = rx.recv_timeout(drain_until.saturating_duration_since(Instant::now())) {
         take(msg, &mut events);
     }
-    let stderr_tail = err_thread.join().unwrap_or_default();
+    let stderr_tail = err_rx
+        .recv_timeout(drain_until.saturating_duration_since(Instant::now()))
+        .unwrap_or_default();
     Ok(ProcessOutcome {
         exit,
         events,
