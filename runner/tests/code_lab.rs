@@ -36,7 +36,7 @@ fn bin(name: &str) -> PathBuf {
     let p = profile_dir.join(name);
     assert!(
         p.is_file(),
-        "{} is not built: run `cargo build -p {name}` (cargo test --workspace builds it)",
+        "{} is not built: run `cargo test --workspace`, or `cargo build -p {name}` before this test",
         p.display()
     );
     p
