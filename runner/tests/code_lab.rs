@@ -42,12 +42,44 @@ fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// The newest modification time of the files in `dir` (recursively).
+fn newest(dir: &Path) -> std::time::SystemTime {
+    let mut t = std::time::SystemTime::UNIX_EPOCH;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let m = e.metadata().unwrap();
+        let mt = if m.is_dir() {
+            newest(&e.path())
+        } else {
+            m.modified().unwrap()
+        };
+        t = t.max(mt);
+    }
+    t
+}
+
+/// A lab crate's binary, refusing one older than its sources or labkit's
+/// (`cargo test -p sanhak-runner` alone does not rebuild it).
+fn lab_bin(kind: &str) -> PathBuf {
+    let name = format!("lora-from-scratch-{kind}");
+    let p = bin(&name);
+    let built = std::fs::metadata(&p).unwrap().modified().unwrap();
+    let labkit = Path::new(env!("CARGO_MANIFEST_DIR")).join("labkit/src");
+    let sources = newest(&lab_dir().join(kind).join("src")).max(newest(&labkit));
+    assert!(
+        built >= sources,
+        "{} is older than its sources: run `cargo build -p {name}` (cargo test --workspace does)",
+        p.display()
+    );
+    p
+}
+
 fn starter_bin() -> PathBuf {
-    bin("lora-from-scratch-starter")
+    lab_bin("starter")
 }
 
 fn solution_bin() -> PathBuf {
-    bin("lora-from-scratch-solution")
+    lab_bin("solution")
 }
 
 /// An executable shell script standing in for a student's program.
