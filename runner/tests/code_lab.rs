@@ -231,14 +231,21 @@ fn the_solution_passes_every_numerical_test_and_the_starter_fails_most() {
     let lab = lab();
     let spec = &code_spec(&lab).unwrap().numerics;
     let tmp = tempfile::tempdir().unwrap();
-    let sol = run_numerics(spec, &solution_bin(), &tmp.path().join("sol"), &mut |_| {}).unwrap();
+    let sol = run_numerics(
+        spec,
+        &solution_bin(),
+        &tmp.path().join("sol"),
+        2,
+        &mut |_| {},
+    )
+    .unwrap();
     for t in &sol.tests {
         assert!(t.passed, "solution: {}", t.message);
     }
     assert_eq!(sol.points, sol.max_points);
     assert_eq!(sol.max_points, 60.0);
 
-    let st = run_numerics(spec, &starter_bin(), &tmp.path().join("st"), &mut |_| {}).unwrap();
+    let st = run_numerics(spec, &starter_bin(), &tmp.path().join("st"), 2, &mut |_| {}).unwrap();
     let passed: Vec<&str> = st
         .tests
         .iter()
@@ -262,7 +269,8 @@ fn crashes_timeouts_and_bad_outputs_fail_the_tests_with_a_clear_message() {
     let mut spec = code_spec(&lab).unwrap().numerics.clone();
     spec.timeout_seconds = 2;
     let tmp = tempfile::tempdir().unwrap();
-    let run = |bin: &Path| run_numerics(&spec, bin, &tmp.path().join("work"), &mut |_| {}).unwrap();
+    let run =
+        |bin: &Path| run_numerics(&spec, bin, &tmp.path().join("work"), 2, &mut |_| {}).unwrap();
 
     let crash = script(
         tmp.path(),
@@ -295,6 +303,21 @@ fn crashes_timeouts_and_bad_outputs_fail_the_tests_with_a_clear_message() {
     let r = run(&orphan);
     assert_eq!(r.exit, ExitKind::TimedOut { limit_s: 2 });
     assert!(r.wall_s < 10.0, "a grandchild kept the grader waiting");
+
+    // The program sees none of the grader's environment, only its thread count.
+    let env_file = tmp.path().join("env.txt");
+    let snoop = script(
+        tmp.path(),
+        "snoop",
+        &format!("/usr/bin/env > '{}'", env_file.display()),
+    );
+    run(&snoop);
+    let env = std::fs::read_to_string(&env_file).unwrap();
+    assert!(env.contains("RAYON_NUM_THREADS=2"), "{env}");
+    assert!(
+        !env.contains("CARGO"),
+        "the grader's environment leaked: {env}"
+    );
 
     let abort = script(tmp.path(), "abort", "kill -9 $$");
     let r = run(&abort);
@@ -368,7 +391,7 @@ fn crashes_timeouts_and_bad_outputs_fail_the_tests_with_a_clear_message() {
 
     // A program that cannot be started is the grader's problem: not gradable.
     let missing = tmp.path().join("no-such-program");
-    assert!(run_numerics(&spec, &missing, &tmp.path().join("w2"), &mut |_| {}).is_err());
+    assert!(run_numerics(&spec, &missing, &tmp.path().join("w2"), 2, &mut |_| {}).is_err());
     let data = finetune::PreparedData {
         dir: tmp.path().to_path_buf(),
         classes: 5,

@@ -208,6 +208,7 @@ pub fn run_fine_tune(
         binary,
         &args,
         Duration::from_secs(spec.timeout_seconds),
+        lab.manifest.limits.threads,
         on_event,
     )
     .map_err(|e| CodeLabError::Spawn {

@@ -173,6 +173,7 @@ pub fn grade_submission(
             &spec.numerics,
             binary,
             &opts.work_dir.join("numerics"),
+            lab.manifest.limits.threads,
             &mut |e| progress(GradeProgress::Event(e)),
         )?;
         progress(GradeProgress::Phase("fine-tuning"));

@@ -465,13 +465,15 @@ pub fn score(
         .collect()
 }
 
-/// Run the hidden numerical tests on a submission binary. `Err` is an
+/// Run the hidden numerical tests on a submission binary with `threads`
+/// threads (the lab's `[limits] threads`). `Err` is an
 /// infrastructure failure (not gradable); everything the submission does
 /// wrong, including crashing or hanging, is a failed test in the report.
 pub fn run_numerics(
     spec: &NumericsSpec,
     binary: &Path,
     work: &Path,
+    threads: u32,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<NumericsReport, CodeLabError> {
     std::fs::create_dir_all(work).map_err(|e| CodeLabError::io(work, e))?;
@@ -494,6 +496,7 @@ pub fn run_numerics(
         binary,
         &args,
         Duration::from_secs(spec.timeout_seconds),
+        threads,
         on_event,
     )
     .map_err(|e| CodeLabError::Spawn {

@@ -107,13 +107,18 @@ fn exit_kind(status: ExitStatus) -> ExitKind {
     }
 }
 
-/// Run `program args…` with a wall-clock limit. `on_event` sees each event
-/// as it arrives. `Err` only for infrastructure failures (the program could
-/// not be started); everything the program does is in the outcome.
+/// Run `program args…` with a wall-clock limit. The program gets an empty
+/// environment (nothing of the grader's leaks to it) except
+/// `RAYON_NUM_THREADS = threads`, which fixes candle's thread count and with
+/// it the order of floating-point sums, so grades do not depend on the
+/// machine's core count. `on_event` sees each event as it arrives. `Err` only
+/// for infrastructure failures (the program could not be started);
+/// everything the program does is in the outcome.
 pub fn run_with_limit(
     program: &Path,
     args: &[String],
     limit: Duration,
+    threads: u32,
     on_event: &mut dyn FnMut(&Event),
 ) -> std::io::Result<ProcessOutcome> {
     let t0 = Instant::now();
@@ -121,6 +126,8 @@ pub fn run_with_limit(
     // Its own process group, so that anything it starts is stopped with it.
     let mut child = Command::new(program)
         .args(args)
+        .env_clear()
+        .env("RAYON_NUM_THREADS", threads.max(1).to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
