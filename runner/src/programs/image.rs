@@ -11,19 +11,19 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{Device, Tensor, Var, D};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 
+use super::fit::{self, fit, Trainee};
 use super::{BaseReport, Evaluation, ExampleScore, Program, ProgramError, RunOutcome};
 use crate::grade::checkpoint::{load_checked, TensorSpec};
 use crate::lab::{parse_settings, Direction, Lab, LabError};
 use crate::train::checkpoint::save_checkpoint;
 use crate::train::events::{Event, EventSink, TeeSink, VecSink};
 use crate::train::{
-    metrics1, scale_steps, BatchSampler, CurveSummary, EarlyStopping, EvalVerdict, Optimizer,
-    RunOptions, Schedule, TrainConfig,
+    scale_steps, BatchSampler, CurveSummary, Optimizer, RunOptions, Schedule, TrainConfig,
 };
 
 pub const NAME: &str = "image-classifier";
@@ -369,14 +369,14 @@ fn accuracy(w: &BTreeMap<String, Tensor>, set: &ImageSet) -> Result<f64, candle_
     Ok(correct as f64 / set.len().max(1) as f64)
 }
 
-/// What [`fit`] returns: the weights to save, their validation accuracy and the steps run.
+/// What [`fit_image`] returns: the weights to save, their validation accuracy and the steps run.
 struct FitResult {
     weights: BTreeMap<String, Tensor>,
     valid_metric: Option<f64>,
     steps: u64,
 }
 
-/// Settings of one call of [`fit`].
+/// Settings of one call of [`fit_image`].
 struct FitPlan<'a> {
     total_steps: u64,
     warmup: u64,
@@ -384,10 +384,49 @@ struct FitPlan<'a> {
     config: &'a TrainConfig,
 }
 
-/// The training loop shared by fine-tuning and base building. Returns the
-/// weights to save (the best evaluated ones when early stopping is on), the
-/// validation accuracy of those weights and the steps run.
-fn fit(
+/// The CNN in training: trainable and frozen tensors by name.
+struct CnnTrainee<'a> {
+    weights: BTreeMap<String, Tensor>,
+    train: &'a ImageSet,
+    valid: &'a ImageSet,
+    sampler: BatchSampler,
+    dropout: f64,
+    rng: StdRng,
+}
+
+impl Trainee for CnnTrainee<'_> {
+    type Snapshot = BTreeMap<String, Tensor>;
+
+    fn batch_loss(&mut self) -> Result<Tensor, ProgramError> {
+        let idx = self.sampler.next_batch();
+        let idx_t = Tensor::from_vec(
+            idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+            idx.len(),
+            &Device::Cpu,
+        )?;
+        let x = self.train.images.index_select(&idx_t, 0)?;
+        let y = self.train.labels.index_select(&idx_t, 0)?;
+        let logits = forward(&self.weights, &x, Some((self.dropout, &mut self.rng)))?;
+        Ok(candle_nn::loss::cross_entropy(&logits, &y)?)
+    }
+
+    fn validate(&mut self) -> Result<f64, ProgramError> {
+        Ok(accuracy(&self.weights, self.valid)?)
+    }
+
+    fn snapshot(&self) -> Result<Self::Snapshot, ProgramError> {
+        let mut snap = BTreeMap::new();
+        for (k, t) in &self.weights {
+            snap.insert(k.clone(), t.copy()?);
+        }
+        Ok(snap)
+    }
+}
+
+/// Fine-tuning and base building: trains the groups the config does not
+/// freeze. Returns the weights to save (the best evaluated ones when early
+/// stopping is on), their validation accuracy and the steps run.
+fn fit_image(
     start: BTreeMap<String, Tensor>,
     train: &ImageSet,
     valid: &ImageSet,
@@ -395,17 +434,14 @@ fn fit(
     sink: &mut dyn EventSink,
 ) -> Result<FitResult, ProgramError> {
     let cfg = plan.config;
-    let t0 = Instant::now();
     let mut weights = BTreeMap::new();
     let mut vars = Vec::new();
-    let mut trainable_params = 0u64;
     for (name, t) in start {
         let group = name.split('.').next().unwrap_or_default();
         if cfg.frozen.iter().any(|f| f == group) {
             weights.insert(name, t);
         } else {
             let v = Var::from_tensor(&t)?;
-            trainable_params += v.elem_count() as u64;
             weights.insert(name, v.as_tensor().clone());
             vars.push(v);
         }
@@ -417,95 +453,32 @@ fn fit(
         total: plan.total_steps,
     };
     let mut opt = Optimizer::new(vars, cfg.weight_decay, schedule, cfg.grad_clip)?;
-    let mut sampler = BatchSampler::new(train.len(), cfg.batch_size, cfg.seed);
-    let mut drop_rng = StdRng::seed_from_u64(cfg.seed ^ 0x0d20_f0a7);
-    let mut early = EarlyStopping::new(cfg.early_stopping_patience, Direction::Higher);
-    let mut best: Option<BTreeMap<String, Tensor>> = None;
-    let mut last_valid = None;
-    sink.emit(Event::Started {
-        program: NAME.into(),
-        seed: cfg.seed,
-        total_steps: plan.total_steps,
-        trainable_params,
-    });
-    let mut step = 0;
-    while step < plan.total_steps {
-        step += 1;
-        let idx = sampler.next_batch();
-        let idx_t = Tensor::from_vec(
-            idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
-            idx.len(),
-            &Device::Cpu,
-        )?;
-        let x = train.images.index_select(&idx_t, 0)?;
-        let y = train.labels.index_select(&idx_t, 0)?;
-        let logits = forward(&weights, &x, Some((cfg.dropout, &mut drop_rng)))?;
-        let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
-        let loss_v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        if !loss_v.is_finite() {
-            sink.emit(Event::Step {
-                step,
-                loss: loss_v,
-                lr: schedule.lr_at(step),
-                grad_norm: f64::NAN,
-                elapsed_s: t0.elapsed().as_secs_f64(),
-            });
-            sink.emit(Event::Log {
-                message: format!("loss became {loss_v} at step {step}; training stopped"),
-            });
-            break;
-        }
-        let stats = opt.backward_step(&loss)?;
-        sink.emit(Event::Step {
-            step,
-            loss: loss_v,
-            lr: stats.lr,
-            grad_norm: stats.grad_norm,
-            elapsed_s: t0.elapsed().as_secs_f64(),
-        });
-        if step % plan.eval_every == 0 || step == plan.total_steps {
-            let acc = accuracy(&weights, valid)?;
-            last_valid = Some(acc);
-            sink.emit(Event::Eval {
-                step,
-                metrics: metrics1(METRIC, acc),
-                elapsed_s: t0.elapsed().as_secs_f64(),
-            });
-            match early.observe(step, acc) {
-                EvalVerdict::Improved if early.enabled() => {
-                    let mut snap = BTreeMap::new();
-                    for (k, t) in &weights {
-                        snap.insert(k.clone(), t.copy()?);
-                    }
-                    best = Some(snap);
-                }
-                EvalVerdict::Stop => {
-                    let (best_step, best_metric) = early.best().unwrap_or((step, acc));
-                    sink.emit(Event::EarlyStop {
-                        step,
-                        best_step,
-                        best_metric,
-                    });
-                    break;
-                }
-                _ => {}
-            }
-        }
-    }
-    let (out, metric) = match best {
-        Some(b) => (b, early.best().map(|(_, m)| m)),
-        None => {
-            let mut snap = BTreeMap::new();
-            for (k, t) in &weights {
-                snap.insert(k.clone(), t.copy()?);
-            }
-            (snap, last_valid)
-        }
+    let mut trainee = CnnTrainee {
+        weights,
+        train,
+        valid,
+        sampler: BatchSampler::new(train.len(), cfg.batch_size, cfg.seed),
+        dropout: cfg.dropout,
+        rng: StdRng::seed_from_u64(cfg.seed ^ 0x0d20_f0a7),
     };
+    let fitted = fit(
+        &mut trainee,
+        &mut opt,
+        &fit::FitPlan {
+            program: NAME,
+            metric: METRIC,
+            direction: Direction::Higher,
+            total_steps: plan.total_steps,
+            eval_every: plan.eval_every,
+            patience: cfg.early_stopping_patience,
+            seed: cfg.seed,
+        },
+        sink,
+    )?;
     Ok(FitResult {
-        weights: out,
-        valid_metric: metric,
-        steps: step,
+        weights: fitted.weights,
+        valid_metric: fitted.valid_metric,
+        steps: fitted.steps,
     })
 }
 
@@ -609,7 +582,7 @@ impl Program for ImageClassifier {
             config: &config,
         };
         let start = init_weights(&s, n, seed)?;
-        let FitResult { weights, steps, .. } = fit(start, &train, &valid, &plan, sink)?;
+        let FitResult { weights, steps, .. } = fit_image(start, &train, &valid, &plan, sink)?;
         let valid_metric = accuracy(&weights, &valid)?;
         let path = lab.base_checkpoint_path()?;
         let bytes = save_checkpoint(&weights, &path)?;
@@ -699,7 +672,7 @@ impl Program for ImageClassifier {
                 first: sink,
                 second: &mut record,
             };
-            fit(start, &train, &valid, &plan, &mut tee)?
+            fit_image(start, &train, &valid, &plan, &mut tee)?
         };
         let path = out_dir.join("model.safetensors");
         let bytes = save_checkpoint(&weights, &path)?;
@@ -773,6 +746,7 @@ impl Program for ImageClassifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::DType;
 
     fn tiny() -> Settings {
         Settings {
@@ -930,7 +904,7 @@ mod tests {
             weights: out,
             steps,
             ..
-        } = fit(
+        } = fit_image(
             init.clone(),
             &set,
             &set,

@@ -34,7 +34,6 @@ use crate::lab::{parse_settings, Direction, Lab, LabError};
 use crate::nn::gpt::{random_batch, Gpt, GptConfig, BYTE_VOCAB};
 use crate::nn::init::{seeded_var_builder, varmap_from_tensors, vars_with_prefix};
 use crate::nn::linear::LoraSpec;
-use crate::nn::lora::LoraConfig as NnLoraConfig;
 use crate::train::checkpoint::save_checkpoint;
 use crate::train::events::{Event, EventSink, TeeSink, VecSink};
 use crate::train::{
@@ -392,11 +391,7 @@ fn fit(
             (model, vars)
         }
         Some(l) => {
-            let lcfg = NnLoraConfig {
-                rank: l.rank,
-                alpha: l.alpha,
-                targets: l.targets.clone(),
-            };
+            let lcfg = l.clone();
             let lora_vm = VarMap::new();
             let spec = LoraSpec::new(
                 &lcfg,

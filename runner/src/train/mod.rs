@@ -57,13 +57,8 @@ pub enum Budget {
     Epochs(u64),
 }
 
-/// LoRA settings (for programs that support adapters).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LoraConfig {
-    pub rank: usize,
-    pub alpha: f64,
-    pub targets: Vec<String>,
-}
+/// LoRA settings of a run (for programs that support adapters).
+pub use crate::nn::lora::LoraConfig;
 
 /// Typed hyperparameters of one run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -295,6 +290,11 @@ impl Optimizer {
             lr,
             grad_norm,
         })
+    }
+
+    /// The learning rate the schedule gives at `step` (1-based).
+    pub fn lr_at(&self, step: u64) -> f64 {
+        self.schedule.lr_at(step)
     }
 
     pub fn vars(&self) -> &[Var] {
