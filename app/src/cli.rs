@@ -45,6 +45,9 @@ pub enum Command {
     /// Pretrained models that labs can use.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Benchmarks: training throughput against PyTorch.
+    #[command(subcommand)]
+    Bench(sanhak_runner::bench::BenchCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -118,6 +121,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         // Training and downloads are blocking work: keep them off the runtime's workers.
         Command::Lab(cmd) => {
+            let labs_dir = config.labs_dir.clone();
+            let models_dir = config.data_dir.join("models");
+            tokio::task::spawn_blocking(move || cmd.run(&labs_dir, &models_dir)).await?
+        }
+        Command::Bench(cmd) => {
             let labs_dir = config.labs_dir.clone();
             tokio::task::spawn_blocking(move || cmd.run(&labs_dir)).await?
         }

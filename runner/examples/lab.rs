@@ -10,6 +10,9 @@ struct Cli {
     /// Folder holding the lab packages.
     #[arg(long, default_value = "labs", global = true)]
     labs_dir: std::path::PathBuf,
+    /// Folder of shared pretrained models (`sanhak model fetch`).
+    #[arg(long, default_value = "data/models", global = true)]
+    models_dir: std::path::PathBuf,
     #[command(subcommand)]
     command: LabCommand,
 }
@@ -20,5 +23,5 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    cli.command.run(&cli.labs_dir)
+    cli.command.run(&cli.labs_dir, &cli.models_dir)
 }

@@ -43,6 +43,8 @@ pub struct CheckOptions {
     pub run: RunOptions,
     /// Where runs write checkpoints; a temporary folder when `None`.
     pub work_dir: Option<PathBuf>,
+    /// Shared pretrained models (`<data_dir>/models`), for labs that use one.
+    pub models_dir: Option<PathBuf>,
 }
 
 /// Progress notifications for a progress bar.
@@ -65,6 +67,8 @@ pub struct RecipeRun {
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckReport {
     pub lab_id: String,
+    /// The shared pretrained model trained instead of the lab's own base.
+    pub variant: Option<String>,
     pub step_scale: f64,
     pub base_bytes: u64,
     /// The model before fine-tuning, graded.
@@ -103,6 +107,16 @@ pub fn load_recipe(lab: &Lab, path: &Path) -> Result<Recipe, CheckError> {
     Ok(lab.schema()?.validate(&text, &path.display().to_string())?)
 }
 
+/// `rel` (`starter/recipe.toml`), or its `recipe.<variant>.toml` sibling
+/// when the program trains a variant and the lab has a recipe for it.
+pub fn recipe_file(lab: &Lab, rel: &str, variant: Option<&str>) -> PathBuf {
+    let plain = lab.dir().join(rel);
+    variant
+        .map(|v| plain.with_file_name(format!("recipe.{v}.toml")))
+        .filter(|p| p.is_file())
+        .unwrap_or(plain)
+}
+
 /// Train a recipe and grade the result.
 pub fn run_and_grade(
     lab: &Lab,
@@ -132,7 +146,10 @@ pub fn check_lab(
 ) -> Result<CheckReport, CheckError> {
     let t0 = Instant::now();
     progress(CheckProgress::Phase("validating package"));
-    let lab = Lab::load(dir)?;
+    let mut lab = Lab::load(dir)?;
+    if let Some(m) = &opts.models_dir {
+        lab = lab.with_models_dir(m);
+    }
     if lab.manifest.kind == LabKind::Code {
         return Err(CheckError::Other(format!(
             "{} is a code lab: check it with `crate::codelab::check::check_code_lab` (`sanhak lab check` does this)",
@@ -140,7 +157,7 @@ pub fn check_lab(
         )));
     }
     let program = program_for(&lab)?;
-    let g = lab.manifest.grading.clone();
+    let g = program.grading(&lab)?;
     let mut failures = Vec::new();
 
     let base_path = lab.base_checkpoint_path()?;
@@ -159,8 +176,12 @@ pub fn check_lab(
         ));
     }
 
-    let starter = load_recipe(&lab, &lab.dir().join(STARTER_RECIPE))?;
-    let solution = load_recipe(&lab, &lab.dir().join(SOLUTION_RECIPE))?;
+    let variant = program.variant(&lab);
+    let starter = load_recipe(&lab, &recipe_file(&lab, STARTER_RECIPE, variant.as_deref()))?;
+    let solution = load_recipe(
+        &lab,
+        &recipe_file(&lab, SOLUTION_RECIPE, variant.as_deref()),
+    )?;
 
     progress(CheckProgress::Phase("grading the model before fine-tuning"));
     let seed = crate::train::TrainConfig::from_recipe(&solution).seed;
@@ -228,6 +249,7 @@ pub fn check_lab(
     }
     Ok(CheckReport {
         lab_id: lab.id().to_string(),
+        variant,
         step_scale: opts.run.step_scale,
         base_bytes,
         before,

@@ -33,6 +33,10 @@ pub struct StepArgs {
     /// Scale all step counts by this factor (overrides --quick).
     #[arg(long, value_name = "FACTOR")]
     pub step_scale: Option<f64>,
+    /// Ignore shared pretrained models (all-MiniLM-L6-v2) even when
+    /// installed: labs that can use one fall back to their own base.
+    #[arg(long)]
+    pub no_pretrained: bool,
 }
 
 impl StepArgs {
@@ -46,6 +50,20 @@ impl StepArgs {
             bail!("--step-scale must be in (0, 1], got {step_scale}");
         }
         Ok(RunOptions { step_scale })
+    }
+
+    /// The shared models folder to use, if any.
+    fn models_dir(&self, models_dir: &Path) -> Option<PathBuf> {
+        (!self.no_pretrained).then(|| models_dir.to_path_buf())
+    }
+
+    /// Load a lab with the shared models these options allow.
+    fn load_lab(&self, dir: &Path, models_dir: &Path) -> anyhow::Result<Lab> {
+        let lab = Lab::load(dir)?;
+        Ok(match self.models_dir(models_dir) {
+            Some(m) => lab.with_models_dir(m),
+            None => lab,
+        })
     }
 }
 
@@ -156,6 +174,9 @@ fn describe(outcome: &GradeOutcome) -> String {
 
 fn print_report(r: &CheckReport) {
     println!("lab check {} (step scale {})", r.lab_id, r.step_scale);
+    if let Some(v) = &r.variant {
+        println!("  pretrained model  {v} (its starter/solution recipes and rubric)");
+    }
     println!("  base checkpoint   {} bytes", r.base_bytes);
     println!("  before fine-tune  {}", describe(&r.before));
     for run in [&r.starter, &r.solution] {
@@ -272,9 +293,10 @@ fn resolve_lab(lab: &str, labs_dir: &Path) -> PathBuf {
 }
 
 impl LabCommand {
-    /// Run the command, printing to stdout.
-    /// Runs the command; lab ids given to `build-base` are looked up in `labs_dir`.
-    pub fn run(self, labs_dir: &Path) -> anyhow::Result<()> {
+    /// Runs the command, printing to stdout. Lab ids given to `build-base`
+    /// are looked up in `labs_dir`; shared pretrained models (`sanhak model
+    /// fetch`) are looked up in `models_dir`.
+    pub fn run(self, labs_dir: &Path, models_dir: &Path) -> anyhow::Result<()> {
         match self {
             LabCommand::Check {
                 dir,
@@ -288,6 +310,7 @@ impl LabCommand {
                 let opts = CheckOptions {
                     run: steps.options()?,
                     work_dir,
+                    models_dir: steps.models_dir(models_dir),
                 };
                 let pb = bar();
                 let report = check_lab(&dir, &opts, &mut |p| match p {
@@ -316,7 +339,7 @@ impl LabCommand {
                 steps,
             } => {
                 let opts = steps.options()?;
-                let lab = Lab::load(&dir)?;
+                let lab = steps.load_lab(&dir, models_dir)?;
                 let recipe = load_recipe(&lab, &recipe)?;
                 std::fs::create_dir_all(&out)
                     .with_context(|| format!("create {}", out.display()))?;
@@ -364,7 +387,7 @@ impl LabCommand {
                 steps,
             } => {
                 let opts = steps.options()?;
-                let lab = Lab::load(&dir)?;
+                let lab = steps.load_lab(&dir, models_dir)?;
                 let recipe = load_recipe(&lab, &recipe)?;
                 let stdout = std::io::stdout();
                 let mut sink = JsonLinesSink::new(stdout.lock());
@@ -374,7 +397,7 @@ impl LabCommand {
             LabCommand::BuildBase { lab, steps } => {
                 let opts = steps.options()?;
                 let dir = resolve_lab(&lab, labs_dir);
-                let lab = Lab::load(&dir)?;
+                let lab = steps.load_lab(&dir, models_dir)?;
                 let program = program_for(&lab)?;
                 let pb = bar();
                 pb.set_prefix("base");

@@ -118,6 +118,7 @@ fn quick_lab_check_of_korean_lm_adapt_passes() {
     let opts = CheckOptions {
         run: RunOptions { step_scale: 0.1 },
         work_dir: None,
+        models_dir: None,
     };
     let report = check_lab(&lab_dir(), &opts, &mut |_| {}).unwrap();
     assert!(report.passed(), "{:?}", report.failures);

@@ -72,6 +72,7 @@ fn quick_lab_check_of_fashion_transfer_passes() {
     let opts = CheckOptions {
         run: RunOptions { step_scale: 0.25 },
         work_dir: None,
+        models_dir: None,
     };
     let mut phases = Vec::new();
     let report = check_lab(&common::fashion_dir(), &opts, &mut |p| {
@@ -101,6 +102,7 @@ fn lab_check_fails_when_the_starter_is_too_good() {
     let opts = CheckOptions {
         run: RunOptions { step_scale: 0.25 },
         work_dir: None,
+        models_dir: None,
     };
     let report = check_lab(&dir, &opts, &mut |_| {}).unwrap();
     assert!(!report.passed());

@@ -162,7 +162,7 @@ fn score(
     weights: &HashMap<String, Tensor>,
     curve: Option<&CurveSummary>,
 ) -> Result<GradeReport, ProgramError> {
-    let g = &lab.manifest.grading;
+    let g = &program.grading(lab)?;
     let eval = program.evaluate(lab, weights, &g.split, true)?;
     let public_mask: Vec<bool> = (0..eval.examples.len())
         .map(|i| is_public(lab.id(), i, g.public_fraction))

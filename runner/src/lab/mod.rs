@@ -211,6 +211,9 @@ pub struct Limits {
 pub struct Lab {
     dir: PathBuf,
     pub manifest: LabManifest,
+    /// Where shared pretrained models are installed (`<data_dir>/models`), for
+    /// programs that use one when it is there (see [`Lab::with_models_dir`]).
+    models_dir: Option<PathBuf>,
 }
 
 fn is_id(s: &str) -> bool {
@@ -249,9 +252,23 @@ impl Lab {
         let lab = Lab {
             dir: dir.to_path_buf(),
             manifest,
+            models_dir: None,
         };
         lab.check()?;
         Ok(lab)
+    }
+
+    /// Let the lab's program use the shared pretrained models installed in
+    /// `dir` (by `sanhak model fetch`). Without it a program that can use one
+    /// falls back to the lab's own base checkpoint.
+    pub fn with_models_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.models_dir = Some(dir.into());
+        self
+    }
+
+    /// The shared models folder, when set.
+    pub fn models_dir(&self) -> Option<&Path> {
+        self.models_dir.as_deref()
     }
 
     /// The lab folder.

@@ -23,7 +23,7 @@
 //! PyTorch's default U(±1/√fan_in), embeddings N(0, 0.02²) (BERT's
 //! `initializer_range`), layer norms 1 and 0.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Module, Tensor, D};
@@ -504,6 +504,50 @@ impl BertClassifier {
             .forward(&maybe_dropout(pooled, self.dropout, dropout_rng)?)
     }
 
+    /// Every tensor of the model as a plain classifier would store it:
+    /// encoder tensors named as in Hugging Face's `BertModel` (LoRA adapters
+    /// merged into their base weights) and `classifier.weight`/`classifier.bias`.
+    /// All tensors are detached copies.
+    pub fn export(&self) -> candle_core::Result<BTreeMap<String, Tensor>> {
+        let mut out = BTreeMap::new();
+        let e = &self.encoder.embeddings;
+        out.insert("embeddings.word_embeddings.weight".into(), snap(&e.word)?);
+        out.insert(
+            "embeddings.position_embeddings.weight".into(),
+            snap(&e.position)?,
+        );
+        out.insert(
+            "embeddings.token_type_embeddings.weight".into(),
+            snap(&e.token_type)?,
+        );
+        put_norm(&mut out, "embeddings.LayerNorm", &e.norm)?;
+        for (i, l) in self.encoder.layers.iter().enumerate() {
+            let p = format!("encoder.layer.{i}");
+            put_proj(&mut out, &format!("{p}.attention.self.query"), &l.query)?;
+            put_proj(&mut out, &format!("{p}.attention.self.key"), &l.key)?;
+            put_proj(&mut out, &format!("{p}.attention.self.value"), &l.value)?;
+            put_proj(
+                &mut out,
+                &format!("{p}.attention.output.dense"),
+                &l.attn_out,
+            )?;
+            put_norm(
+                &mut out,
+                &format!("{p}.attention.output.LayerNorm"),
+                &l.attn_norm,
+            )?;
+            put_proj(
+                &mut out,
+                &format!("{p}.intermediate.dense"),
+                &l.intermediate,
+            )?;
+            put_proj(&mut out, &format!("{p}.output.dense"), &l.output)?;
+            put_norm(&mut out, &format!("{p}.output.LayerNorm"), &l.out_norm)?;
+        }
+        put_proj(&mut out, "classifier", &self.head)?;
+        Ok(out)
+    }
+
     /// Mean cross-entropy against `labels` `[B]` (u32).
     pub fn loss_t(
         &self,
@@ -513,6 +557,29 @@ impl BertClassifier {
     ) -> candle_core::Result<Tensor> {
         candle_nn::loss::cross_entropy(&self.forward_t(batch, dropout_rng)?, labels)
     }
+}
+
+/// A copy with its own storage (a `Var` keeps changing in place) and no graph.
+fn snap(t: &Tensor) -> candle_core::Result<Tensor> {
+    Ok(t.copy()?.detach())
+}
+
+fn put_proj(out: &mut BTreeMap<String, Tensor>, path: &str, p: &Proj) -> candle_core::Result<()> {
+    out.insert(format!("{path}.weight"), snap(&p.merged_weight()?)?);
+    if let Some(b) = p.bias() {
+        out.insert(format!("{path}.bias"), snap(b)?);
+    }
+    Ok(())
+}
+
+fn put_norm(
+    out: &mut BTreeMap<String, Tensor>,
+    path: &str,
+    n: &LayerNorm,
+) -> candle_core::Result<()> {
+    out.insert(format!("{path}.weight"), snap(n.weight())?);
+    out.insert(format!("{path}.bias"), snap(n.bias())?);
+    Ok(())
 }
 
 /// Which parameters fine-tuning trains.
@@ -714,6 +781,11 @@ impl BertTokenizer {
 
     pub fn pad_id(&self) -> u32 {
         self.pad_id
+    }
+
+    /// Number of token ids, added (special) tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
     }
 
     /// Token ids of one sentence, with special tokens.
@@ -1073,6 +1145,54 @@ mod tests {
             moved > 1e-4,
             "the adapters must have changed the model ({moved})"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn export_is_a_plain_classifier_with_the_same_logits() -> Result<()> {
+        let dev = Device::Cpu;
+        let pre = pretrained(DType::F32)?;
+        let cfg = BertConfig::tiny();
+        let mode = FineTuneMode::Lora(LoraConfig {
+            rank: 2,
+            alpha: 4.0,
+            targets: vec!["query".into(), "intermediate.dense".into()],
+        });
+        let (model, vm) = build_classifier(&pre, &cfg, 3, &mode, None, 5, &dev)?;
+        train_steps(&model, &vm, 10)?;
+        let exported = model.export()?;
+        // Exactly the encoder's tensors plus the head; no adapters.
+        let mut want: Vec<String> = pre.keys().cloned().collect();
+        want.extend([
+            "classifier.bias".to_string(),
+            "classifier.weight".to_string(),
+        ]);
+        want.sort();
+        let got: Vec<String> = exported.keys().cloned().collect();
+        assert_eq!(got, want);
+        let (encoder, head): (HashMap<_, _>, HashMap<_, _>) = exported
+            .into_iter()
+            .partition(|(k, _)| !k.starts_with("classifier."));
+        let (plain, _) = build_classifier(
+            &encoder,
+            &cfg,
+            3,
+            &FineTuneMode::HeadOnly,
+            Some(&head),
+            0,
+            &dev,
+        )?;
+        let (b, _) = batch()?;
+        let d = (model.forward(&b)? - plain.forward(&b)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(d < 1e-5, "exported classifier differs by {d}");
+        // A copy: further training does not change what was exported.
+        let before = plain.forward(&b)?;
+        train_steps(&model, &vm, 3)?;
+        let after = plain.forward(&b)?;
+        assert_eq!(before.to_vec2::<f32>()?, after.to_vec2::<f32>()?);
         Ok(())
     }
 

@@ -10,9 +10,11 @@
 //! reads public splits via [`Lab::public_file`]; [`Program::evaluate`] with a
 //! hidden split runs only in the trusted grader.
 
+mod fit;
 pub mod idx;
 pub mod image;
 pub mod lm;
+pub mod text;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,12 +23,12 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::grade::checkpoint::TensorSpec;
-use crate::lab::{Lab, LabError};
+use crate::lab::{Grading, Lab, LabError};
 use crate::recipe::Recipe;
 use crate::train::{CurveSummary, EventSink, RunOptions, TrainConfig, TrainError};
 
 /// Names of the programs this runner knows.
-pub const PROGRAM_NAMES: &[&str] = &[image::NAME, lm::NAME];
+pub const PROGRAM_NAMES: &[&str] = &[image::NAME, lm::NAME, text::NAME];
 
 /// Errors of a program run or evaluation (infrastructure or configuration,
 /// never the student's fault once the recipe has been validated).
@@ -117,6 +119,19 @@ pub trait Program: Send + Sync {
     fn supported_params(&self) -> &'static [&'static str];
     /// Check `[program.settings]`, `[base.build]` and the data roles it needs.
     fn check_lab(&self, lab: &Lab) -> Result<(), LabError>;
+    /// Which model variant this installation trains, when a program has
+    /// more than one (a shared pretrained encoder, named by its folder);
+    /// `None` for the lab's own base. `lab check` then prefers
+    /// `starter/recipe.<variant>.toml` and `solution/recipe.<variant>.toml`.
+    fn variant(&self, _lab: &Lab) -> Option<String> {
+        None
+    }
+    /// The rubric in force. Labs grade by `[grading]`; a program whose
+    /// model depends on what is installed (a shared pretrained encoder or the
+    /// lab's own) may move the baseline and target with it.
+    fn grading(&self, lab: &Lab) -> Result<Grading, ProgramError> {
+        Ok(lab.manifest.grading.clone())
+    }
     /// The tensors a submission checkpoint must contain (the reference architecture).
     fn checkpoint_spec(&self, lab: &Lab) -> Result<Vec<TensorSpec>, ProgramError>;
     /// Build the base checkpoint from shipped data with the lab's seed.
@@ -157,6 +172,7 @@ pub fn program_by_name(name: &str) -> Result<Box<dyn Program>, ProgramError> {
     match name {
         image::NAME => Ok(Box::new(image::ImageClassifier)),
         lm::NAME => Ok(Box::new(lm::ByteGpt)),
+        text::NAME => Ok(Box::new(text::SentenceClassifier)),
         other => Err(ProgramError::Unknown(other.to_string())),
     }
 }
