@@ -12,7 +12,9 @@
 //! - [`codelab`]: code labs: the process protocol with a labkit submission,
 //!   the hidden numerical tests and the graded fine-tuning run.
 //! - [`check`] and [`cli`]: `sanhak lab check|run|build-base`.
+//! - [`bench`]: `sanhak bench train`, candle against PyTorch on each program's shapes.
 
+pub mod bench;
 pub mod check;
 pub mod cli;
 pub mod codelab;
