@@ -15,6 +15,13 @@ batch, warmup, steps, threads, seed, and the program's shapes:
 - sentence-classifier: vocab_size, hidden_size, layers, heads,
   intermediate_size, seq_len, classes
 
+With "mode": "recipe" it instead fine-tunes a lab's model with a recipe on
+the lab's data and prints the validation metric (image-classifier only):
+base (safetensors path), train_images/train_labels/valid_images/valid_labels
+(IDX files), label_offset, classes, channels, hidden, and the recipe's
+learning_rate, schedule, warmup_steps, steps, batch_size, weight_decay,
+grad_clip, frozen, dropout, seed.
+
 Exit status 3 when PyTorch is not importable (the caller prints that).
 """
 
@@ -36,17 +43,19 @@ except ImportError as e:  # pragma: no cover - depends on the machine
 class ImageClassifier(nn.Module):
     """conv1 3x3 -> ReLU -> pool -> conv2 3x3 -> ReLU -> pool -> fc -> ReLU -> head."""
 
-    def __init__(self, c1, c2, hidden, classes):
+    def __init__(self, c1, c2, hidden, classes, dropout=0.0):
         super().__init__()
         self.conv1 = nn.Conv2d(1, c1, 3, padding=1)
         self.conv2 = nn.Conv2d(c1, c2, 3, padding=1)
         self.fc = nn.Linear(c2 * 49, hidden)
         self.head = nn.Linear(hidden, classes)
+        self.dropout = dropout
 
     def forward(self, x):
         x = F.max_pool2d(F.relu(self.conv1(x)), 2)
         x = F.max_pool2d(F.relu(self.conv2(x)), 2)
         x = F.relu(self.fc(x.flatten(1)))
+        x = F.dropout(x, self.dropout, self.training)
         return self.head(x)
 
 
@@ -178,8 +187,114 @@ def build(spec):
     raise SystemExit(f"unknown program {p!r}")
 
 
+def read_safetensors(path):
+    """Tensors of a safetensors file (F32 only), without the safetensors package."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        data = f.read()
+    out = {}
+    for name, e in header.items():
+        if name == "__metadata__":
+            continue
+        if e["dtype"] != "F32":
+            raise SystemExit(f"{path}: {name} is {e['dtype']}, expected F32")
+        a, b = e["data_offsets"]
+        out[name] = torch.frombuffer(bytearray(data[a:b]), dtype=torch.float32).reshape(e["shape"])
+    return out
+
+
+def read_idx_u8(path):
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw[0:2] != b"\0\0" or raw[2] != 8:
+        raise SystemExit(f"{path}: not an unsigned-byte IDX file")
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(raw[3])]
+    start = 4 + 4 * len(dims)
+    return torch.frombuffer(bytearray(raw[start:]), dtype=torch.uint8).reshape(dims)
+
+
+def load_images(spec, images, labels):
+    """The split's examples of the lab's classes, normalised as the runner does."""
+    x, y = read_idx_u8(spec[images]), read_idx_u8(spec[labels]).long()
+    keep = (y >= spec["label_offset"]) & (y < spec["label_offset"] + spec["classes"])
+    x = (x[keep].float() / 255.0 - 0.2860) / 0.3530
+    return x.unsqueeze(1), y[keep] - spec["label_offset"]
+
+
+def lr_at(spec, step):
+    peak, warm, total = spec["learning_rate"], spec["warmup_steps"], spec["steps"]
+    if warm > 0 and step <= warm:
+        return peak * step / warm
+    frac = (step - warm) / max(total - warm, 1)
+    kind = spec["schedule"]
+    if kind == "linear":
+        return peak * max(1.0 - frac, 0.0)
+    if kind == "cosine":
+        return peak * 0.5 * (1.0 + math.cos(math.pi * min(frac, 1.0)))
+    return peak
+
+
+def run_recipe(spec):
+    """Fine-tune the image classifier from the lab's base with a recipe."""
+    torch.manual_seed(spec["seed"])
+    c1, c2 = spec["channels"]
+    model = ImageClassifier(c1, c2, spec["hidden"], spec["classes"], spec["dropout"])
+    base = read_safetensors(spec["base"])
+    state = model.state_dict()
+    for k, v in base.items():
+        if not k.startswith("head."):
+            state[k].copy_(v)
+    frozen = set(spec["frozen"])
+    params = [(n, p) for n, p in model.named_parameters() if n.split(".")[0] not in frozen]
+    for n, p in model.named_parameters():
+        p.requires_grad_(n.split(".")[0] not in frozen)
+    decay = [p for n, p in params if p.dim() >= 2]
+    no_decay = [p for n, p in params if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": spec["weight_decay"]},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=lr_at(spec, 1),
+    )
+    xt, yt = load_images(spec, "train_images", "train_labels")
+    xv, yv = load_images(spec, "valid_images", "valid_labels")
+    g = torch.Generator().manual_seed(spec["seed"])
+    order, pos = torch.randperm(len(yt), generator=g), 0
+    batch = min(spec["batch_size"], len(yt))
+    t0 = time.perf_counter()
+    for step in range(1, spec["steps"] + 1):
+        if pos + batch > len(yt):
+            order, pos = torch.randperm(len(yt), generator=g), 0
+        idx = order[pos : pos + batch]
+        pos += batch
+        model.train()
+        loss = F.cross_entropy(model(xt[idx]), yt[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if spec["grad_clip"] > 0:
+            torch.nn.utils.clip_grad_norm_([p for _, p in params], spec["grad_clip"])
+        for group in opt.param_groups:
+            group["lr"] = lr_at(spec, step)
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        acc = (model(xv).argmax(1) == yv).float().mean().item()
+    return {
+        "torch_version": torch.__version__,
+        "valid_metric": acc,
+        "steps": spec["steps"],
+        "wall_s": time.perf_counter() - t0,
+    }
+
+
 def main():
     spec = json.loads(sys.argv[1])
+    if spec.get("mode") == "recipe":
+        torch.set_num_threads(spec.get("threads", torch.get_num_threads()))
+        print(json.dumps(run_recipe(spec)))
+        return
     torch.manual_seed(spec.get("seed", 0))
     torch.set_num_threads(spec.get("threads", torch.get_num_threads()))
     model, loss_fn, units, unit = build(spec)

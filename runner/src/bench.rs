@@ -21,12 +21,15 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use crate::check::{load_recipe, SOLUTION_RECIPE};
 use crate::lab::Lab;
 use crate::nn::bench::{bench_gpt_train, GptBenchSpec};
 use crate::nn::bert::{build_classifier, BertConfig, EncodedBatch, FineTuneMode};
 use crate::nn::gpt::GptConfig;
+use crate::programs::run_program;
 use crate::programs::{image, text};
-use crate::train::{Optimizer, Schedule, ScheduleKind};
+use crate::train::events::VecSink;
+use crate::train::{Budget, Optimizer, RunOptions, Schedule, ScheduleKind, TrainConfig};
 
 /// The PyTorch side, written to a temporary file when run.
 const TORCH_SCRIPT: &str = include_str!("../bench/torch_train.py");
@@ -339,13 +342,31 @@ pub fn bench_torch(
     steps: usize,
     threads: usize,
 ) -> Result<Side, String> {
+    let spec = shapes.torch_spec(warmup, steps, threads).to_string();
+    let v = run_torch(python, &spec)?;
+    let f = |k: &str| {
+        v.get(k)
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(f64::NAN)
+    };
+    Ok(Side {
+        per_s: f("per_s"),
+        step_ms: f("step_ms"),
+        params: v.get("params").and_then(|p| p.as_u64()).unwrap_or(0) as usize,
+        first_loss: f("first_loss"),
+        last_loss: f("last_loss"),
+    })
+}
+
+/// Runs `torch_train.py` with a JSON spec and returns its JSON answer, or
+/// why there is none (PyTorch missing, the interpreter missing, a crash).
+fn run_torch(python: &str, spec: &str) -> Result<serde_json::Value, String> {
     let dir = tempfile_dir().map_err(|e| e.to_string())?;
     let script = dir.join("torch_train.py");
     std::fs::write(&script, TORCH_SCRIPT).map_err(|e| e.to_string())?;
-    let spec = shapes.torch_spec(warmup, steps, threads).to_string();
     let out = std::process::Command::new(python)
         .arg(&script)
-        .arg(&spec)
+        .arg(spec)
         .output();
     let _ = std::fs::remove_dir_all(&dir);
     let out = out.map_err(|e| format!("cannot run {python}: {e}"))?;
@@ -363,18 +384,7 @@ pub fn bench_torch(
     if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
         return Err(e.to_string());
     }
-    let f = |k: &str| {
-        v.get(k)
-            .and_then(serde_json::Value::as_f64)
-            .unwrap_or(f64::NAN)
-    };
-    Ok(Side {
-        per_s: f("per_s"),
-        step_ms: f("step_ms"),
-        params: v.get("params").and_then(|p| p.as_u64()).unwrap_or(0) as usize,
-        first_loss: f("first_loss"),
-        last_loss: f("last_loss"),
-    })
+    Ok(v)
 }
 
 /// A private temporary folder (the script is written there and removed).
@@ -468,6 +478,110 @@ pub fn lab_shapes(labs_dir: &Path) -> anyhow::Result<Vec<Shapes>> {
     ])
 }
 
+/// A lab's solution recipe trained in candle and in PyTorch.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecipeComparison {
+    pub lab: String,
+    pub metric: String,
+    pub candle_metric: f64,
+    pub candle_s: f64,
+    pub torch_metric: f64,
+    pub torch_s: f64,
+}
+
+/// Trains fashion-transfer's solution recipe with candle (the real program)
+/// and with the same model, base, data and recipe in PyTorch, and returns
+/// both validation accuracies. A candle result far below PyTorch's points at
+/// a bug (initialisation, a missing gradient, the schedule).
+pub fn compare_solution_recipe(
+    labs_dir: &Path,
+    python: &str,
+    threads: usize,
+) -> anyhow::Result<RecipeComparison> {
+    let lab = Lab::load(&labs_dir.join("fashion-transfer"))?;
+    let recipe = load_recipe(&lab, &lab.dir().join(SOLUTION_RECIPE))?;
+    let config = TrainConfig::from_recipe(&recipe);
+    let Budget::Steps(steps) = config.budget else {
+        bail!("the solution recipe gives epochs; the PyTorch side takes steps");
+    };
+    if config.early_stopping_patience.is_some() || config.lora.is_some() {
+        bail!("the PyTorch side has no early stopping or LoRA");
+    }
+    let settings = &lab.manifest.program.settings;
+    let split = |key: &str| -> anyhow::Result<String> {
+        settings
+            .get(key)
+            .and_then(toml::Value::as_str)
+            .map(str::to_string)
+            .with_context(|| format!("fashion-transfer: program.settings.{key}"))
+    };
+    let (train, valid) = (split("train_split")?, split("valid_split")?);
+    let path = |split: &str, role: &str| -> anyhow::Result<String> {
+        Ok(lab.public_file(split, role)?.display().to_string())
+    };
+    let channels = serde_json::to_value(
+        settings
+            .get("channels")
+            .context("fashion-transfer: program.settings.channels")?,
+    )?;
+    let label_offset = settings
+        .get("label_offset")
+        .and_then(toml::Value::as_integer)
+        .context("fashion-transfer: program.settings.label_offset")?;
+    let spec = serde_json::json!({
+        "mode": "recipe",
+        "program": image::NAME,
+        "base": lab.base_checkpoint_path()?.display().to_string(),
+        "train_images": path(&train, "images")?,
+        "train_labels": path(&train, "labels")?,
+        "valid_images": path(&valid, "images")?,
+        "valid_labels": path(&valid, "labels")?,
+        "label_offset": label_offset,
+        "classes": setting(&lab, &["classes"])?,
+        "channels": channels,
+        "hidden": setting(&lab, &["hidden"])?,
+        "learning_rate": config.learning_rate,
+        "schedule": match config.schedule {
+            ScheduleKind::Constant => "constant",
+            ScheduleKind::Linear => "linear",
+            ScheduleKind::Cosine => "cosine",
+        },
+        "warmup_steps": config.warmup_steps,
+        "steps": steps,
+        "batch_size": config.batch_size,
+        "weight_decay": config.weight_decay,
+        "grad_clip": config.grad_clip.unwrap_or(0.0),
+        "frozen": config.frozen,
+        "dropout": config.dropout,
+        "seed": config.seed,
+        "threads": threads,
+    });
+    let t0 = Instant::now();
+    let out = tempfile_dir()?;
+    let run = run_program(
+        &lab,
+        &recipe,
+        &out,
+        &RunOptions::default(),
+        &mut VecSink::default(),
+    );
+    let _ = std::fs::remove_dir_all(&out);
+    let candle_metric = run?
+        .valid_metric
+        .context("the candle run reported no validation metric")?;
+    let candle_s = t0.elapsed().as_secs_f64();
+    let v = run_torch(python, &spec.to_string()).map_err(anyhow::Error::msg)?;
+    let f = |k: &str| v.get(k).and_then(serde_json::Value::as_f64);
+    Ok(RecipeComparison {
+        lab: lab.id().to_string(),
+        metric: "validation accuracy".into(),
+        candle_metric,
+        candle_s,
+        torch_metric: f("valid_metric").context("PyTorch reported no valid_metric")?,
+        torch_s: f("wall_s").unwrap_or(f64::NAN),
+    })
+}
+
 /// Run the benchmark.
 pub fn run_train_bench(args: &TrainBenchArgs, labs_dir: &Path) -> anyhow::Result<Vec<BenchRow>> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -544,12 +658,23 @@ impl BenchCommand {
                 if let Some(note) = rows.iter().find_map(|r| r.torch_note.as_ref()) {
                     println!("PyTorch not measured: {note}");
                 }
+                let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
                 println!(
                     "ratio = candle throughput / PyTorch throughput on the same shapes, \
-                     {} threads, f32, median of {} steps after 3 warm-up steps",
-                    std::thread::available_parallelism().map_or(1, |n| n.get()),
+                     {threads} threads, f32, median of {} steps after 3 warm-up steps",
                     args.steps
                 );
+                let torch_ok = rows.iter().any(|r| r.torch.is_some());
+                if torch_ok && args.program.as_deref().is_none_or(|p| p == image::NAME) {
+                    eprintln!("== fashion-transfer solution recipe, candle and PyTorch");
+                    match compare_solution_recipe(labs_dir, &args.python, threads) {
+                        Ok(c) => println!(
+                            "{} solution recipe, {}: candle {:.4} ({:.1} s), PyTorch {:.4} ({:.1} s)",
+                            c.lab, c.metric, c.candle_metric, c.candle_s, c.torch_metric, c.torch_s
+                        ),
+                        Err(e) => println!("solution recipe in PyTorch not compared: {e:#}"),
+                    }
+                }
                 Ok(())
             }
         }
