@@ -133,7 +133,7 @@ pub struct PretrainedSettings {
     pub target: f64,
 }
 
-/// `[base.build]`: how the byte-level encoder is pretrained.
+/// `[base.build]`: how the lab's own encoder is pretrained.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BaseBuild {
@@ -190,7 +190,7 @@ impl TextSet {
 
 /// The encoder a run uses, with its pretrained tensors.
 pub struct Backbone {
-    /// `all-MiniLM-L6-v2`, or `sanhak-byte-encoder` for the lab's own.
+    /// `all-MiniLM-L6-v2`, or [`OWN_ENCODER`] for the lab's own.
     pub name: String,
     pub config: BertConfig,
     /// Encoder tensors (no head).
@@ -364,7 +364,7 @@ fn base_build(lab: &Lab) -> Result<(BaseBuild, u64), LabError> {
         LabError::invalid(
             &file,
             "base",
-            "a [base] table (the lab's byte-level encoder)",
+            "a [base] table (the lab's own encoder)",
         )
     })?;
     let b: BaseBuild = parse_settings(&base.build, &file, "base.build")?;
