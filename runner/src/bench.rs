@@ -11,7 +11,7 @@
 //! candle/PyTorch is printed (above 1.0: candle is faster).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
@@ -361,14 +361,14 @@ pub fn bench_torch(
 /// Runs `torch_train.py` with a JSON spec and returns its JSON answer, or
 /// why there is none (PyTorch missing, the interpreter missing, a crash).
 fn run_torch(python: &str, spec: &str) -> Result<serde_json::Value, String> {
-    let dir = tempfile_dir().map_err(|e| e.to_string())?;
-    let script = dir.join("torch_train.py");
+    let dir = scratch_dir().map_err(|e| e.to_string())?;
+    let script = dir.path().join("torch_train.py");
     std::fs::write(&script, TORCH_SCRIPT).map_err(|e| e.to_string())?;
     let out = std::process::Command::new(python)
         .arg(&script)
         .arg(spec)
         .output();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
     let out = out.map_err(|e| format!("cannot run {python}: {e}"))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().last().unwrap_or_default();
@@ -387,15 +387,9 @@ fn run_torch(python: &str, spec: &str) -> Result<serde_json::Value, String> {
     Ok(v)
 }
 
-/// A private temporary folder (the script is written there and removed).
-fn tempfile_dir() -> std::io::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!(
-        "sanhak-bench-{}-{}",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
-    std::fs::create_dir(&dir)?;
-    Ok(dir)
+/// A private temporary folder, removed when dropped.
+fn scratch_dir() -> std::io::Result<tempfile::TempDir> {
+    tempfile::Builder::new().prefix("sanhak-bench-").tempdir()
 }
 
 fn setting(lab: &Lab, path: &[&str]) -> anyhow::Result<usize> {
@@ -557,18 +551,16 @@ pub fn compare_solution_recipe(
         "threads": threads,
     });
     let t0 = Instant::now();
-    let out = tempfile_dir()?;
-    let run = run_program(
+    let out = scratch_dir()?;
+    let candle_metric = run_program(
         &lab,
         &recipe,
-        &out,
+        out.path(),
         &RunOptions::default(),
         &mut VecSink::default(),
-    );
-    let _ = std::fs::remove_dir_all(&out);
-    let candle_metric = run?
-        .valid_metric
-        .context("the candle run reported no validation metric")?;
+    )?
+    .valid_metric
+    .context("the candle run reported no validation metric")?;
     let candle_s = t0.elapsed().as_secs_f64();
     let v = run_torch(python, &spec.to_string()).map_err(anyhow::Error::msg)?;
     let f = |k: &str| v.get(k).and_then(serde_json::Value::as_f64);
