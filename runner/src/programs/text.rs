@@ -361,11 +361,7 @@ fn settings(lab: &Lab) -> Result<Settings, LabError> {
 fn base_build(lab: &Lab) -> Result<(BaseBuild, u64), LabError> {
     let file = lab.manifest_path();
     let base = lab.manifest.base.as_ref().ok_or_else(|| {
-        LabError::invalid(
-            &file,
-            "base",
-            "a [base] table (the lab's own encoder)",
-        )
+        LabError::invalid(&file, "base", "a [base] table (the lab's own encoder)")
     })?;
     let b: BaseBuild = parse_settings(&base.build, &file, "base.build")?;
     if b.classes.len() < 2 {
