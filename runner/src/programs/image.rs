@@ -9,7 +9,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var, D};
 use rand::rngs::StdRng;
@@ -17,14 +16,14 @@ use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 
 use super::fit::{self, fit, Trainee};
-use super::{BaseReport, Evaluation, ExampleScore, Program, ProgramError, RunOutcome};
+use super::{
+    finish_run, BaseReport, Evaluation, ExampleScore, Program, ProgramError, RunOutcome, RunRecord,
+};
 use crate::grade::checkpoint::{load_checked, TensorSpec};
 use crate::lab::{parse_settings, Direction, Lab, LabError};
 use crate::train::checkpoint::save_checkpoint;
-use crate::train::events::{Event, EventSink, TeeSink, VecSink};
-use crate::train::{
-    scale_steps, BatchSampler, CurveSummary, Optimizer, RunOptions, Schedule, TrainConfig,
-};
+use crate::train::events::{Event, EventSink, TeeSink};
+use crate::train::{scale_steps, BatchSampler, Optimizer, RunOptions, Schedule, TrainConfig};
 
 pub const NAME: &str = "image-classifier";
 const METRIC: &str = "accuracy";
@@ -649,7 +648,7 @@ impl Program for ImageClassifier {
                 "unknown layer group {f:?} to freeze"
             )));
         }
-        let t0 = Instant::now();
+        let mut record = RunRecord::start();
         let (train, valid) = self.sets(lab, &s)?;
         let total = config.total_steps(train.len(), opts.step_scale);
         let plan = FitPlan {
@@ -662,7 +661,6 @@ impl Program for ImageClassifier {
             .initial_weights(lab, config.seed)?
             .into_iter()
             .collect();
-        let mut record = VecSink::default();
         let FitResult {
             weights,
             valid_metric,
@@ -670,34 +668,16 @@ impl Program for ImageClassifier {
         } = {
             let mut tee = TeeSink {
                 first: sink,
-                second: &mut record,
+                second: &mut record.events,
             };
             fit_image(start, &train, &valid, &plan, &mut tee)?
         };
-        let path = out_dir.join("model.safetensors");
-        let bytes = save_checkpoint(&weights, &path)?;
-        let elapsed = t0.elapsed().as_secs_f64();
-        for e in [
-            Event::Checkpoint {
-                path: "model.safetensors".into(),
-                bytes,
-            },
-            Event::Finished {
-                steps,
-                elapsed_s: elapsed,
-            },
-        ] {
-            record.emit(e.clone());
-            sink.emit(e);
-        }
-        let curve = CurveSummary::from_events(&record.events, METRIC);
-        Ok(RunOutcome {
-            checkpoint: path,
-            steps,
+        let fitted = fit::Fitted {
+            weights,
             valid_metric,
-            curve,
-            config: config.clone(),
-        })
+            steps,
+        };
+        finish_run(out_dir, fitted, config, METRIC, Vec::new(), record, sink)
     }
 
     fn evaluate(

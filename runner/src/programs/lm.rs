@@ -28,17 +28,19 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::Deserialize;
 
-use super::{BaseReport, Evaluation, ExampleScore, Program, ProgramError, RunOutcome};
+use super::{
+    finish_run, BaseReport, Evaluation, ExampleScore, Program, ProgramError, RunOutcome, RunRecord,
+};
 use crate::grade::checkpoint::{load_checked, TensorSpec};
 use crate::lab::{parse_settings, Direction, Lab, LabError};
 use crate::nn::gpt::{random_batch, Gpt, GptConfig, BYTE_VOCAB};
 use crate::nn::init::{seeded_var_builder, varmap_from_tensors, vars_with_prefix};
 use crate::nn::linear::LoraSpec;
 use crate::train::checkpoint::save_checkpoint;
-use crate::train::events::{Event, EventSink, TeeSink, VecSink};
+use crate::train::events::{Event, EventSink, TeeSink};
 use crate::train::{
-    metrics1, scale_steps, Budget, CurveSummary, EarlyStopping, EvalVerdict, Optimizer, RunOptions,
-    Schedule, ScheduleKind, TrainConfig,
+    metrics1, scale_steps, Budget, EarlyStopping, EvalVerdict, Optimizer, RunOptions, Schedule,
+    ScheduleKind, TrainConfig,
 };
 
 pub const NAME: &str = "byte-gpt";
@@ -693,7 +695,7 @@ impl Program for ByteGpt {
     ) -> Result<RunOutcome, ProgramError> {
         let s = settings(lab)?;
         check_recipe_names(&s, config)?;
-        let t0 = Instant::now();
+        let mut record = RunRecord::start();
         let min = s.block_size + 2;
         let train = read_text(&lab.public_file(&s.train_split, TEXT_ROLE)?, min)?;
         let valid = read_text(&lab.public_file(&s.valid_split, TEXT_ROLE)?, min)?;
@@ -707,7 +709,6 @@ impl Program for ByteGpt {
             config,
         };
         let start = self.base_weights(lab, &s)?;
-        let mut record = VecSink::default();
         let FitResult {
             weights,
             valid_metric,
@@ -715,7 +716,7 @@ impl Program for ByteGpt {
         } = {
             let mut tee = TeeSink {
                 first: sink,
-                second: &mut record,
+                second: &mut record.events,
             };
             fit(&start, &train, &valid, &plan, &mut tee)?
         };
@@ -723,34 +724,15 @@ impl Program for ByteGpt {
         // early stopping), read back as the plain architecture.
         let saved = plain_model(&weights, &s.gpt_config(0.0))?;
         let sample = sample_text(&saved, &s)?;
-        let path = out_dir.join("model.safetensors");
-        let sorted: BTreeMap<String, Tensor> = weights.into_iter().collect();
-        let bytes = save_checkpoint(&sorted, &path)?;
-        let elapsed = t0.elapsed().as_secs_f64();
-        for e in [
-            Event::Log {
-                message: format!("sample: {sample}"),
-            },
-            Event::Checkpoint {
-                path: "model.safetensors".into(),
-                bytes,
-            },
-            Event::Finished {
-                steps,
-                elapsed_s: elapsed,
-            },
-        ] {
-            record.emit(e.clone());
-            sink.emit(e);
-        }
-        let curve = CurveSummary::from_events(&record.events, METRIC);
-        Ok(RunOutcome {
-            checkpoint: path,
-            steps,
+        let fitted = super::fit::Fitted {
+            weights: weights.into_iter().collect(),
             valid_metric,
-            curve,
-            config: config.clone(),
-        })
+            steps,
+        };
+        let extra = vec![Event::Log {
+            message: format!("sample: {sample}"),
+        }];
+        finish_run(out_dir, fitted, config, METRIC, extra, record, sink)
     }
 
     fn evaluate(
@@ -965,7 +947,7 @@ expected_gpu_seconds = 0.0
 
     fn train(lab: &Lab, text: &str, out: &Path) -> (RunOutcome, Vec<Event>) {
         let config = TrainConfig::from_recipe(&recipe(lab, text));
-        let mut sink = VecSink::default();
+        let mut sink = crate::train::events::VecSink::default();
         let outcome = ByteGpt
             .train(lab, &config, out, &RunOptions::default(), &mut sink)
             .unwrap();

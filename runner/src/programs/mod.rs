@@ -16,7 +16,7 @@ pub mod image;
 pub mod lm;
 pub mod text;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::grade::checkpoint::TensorSpec;
 use crate::lab::{Grading, Lab, LabError};
 use crate::recipe::Recipe;
+use crate::train::events::{Event, VecSink};
 use crate::train::{CurveSummary, EventSink, RunOptions, TrainConfig, TrainError};
 
 /// Names of the programs this runner knows.
@@ -165,6 +166,60 @@ pub trait Program: Send + Sync {
         split: &str,
         hidden: bool,
     ) -> Result<Evaluation, ProgramError>;
+}
+
+/// Everything a run reported, for the curve summary of its outcome.
+pub(crate) struct RunRecord {
+    pub events: VecSink,
+    pub started: std::time::Instant,
+}
+
+impl RunRecord {
+    pub fn start() -> Self {
+        Self {
+            events: VecSink::default(),
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+/// The end of every training run: write `weights` to
+/// `out_dir/model.safetensors`, report `extra` events, then `checkpoint` and
+/// `finished`, to the caller's sink and the record, and summarise the curve
+/// by `metric`.
+pub(crate) fn finish_run(
+    out_dir: &Path,
+    fitted: fit::Fitted<BTreeMap<String, Tensor>>,
+    config: &TrainConfig,
+    metric: &str,
+    extra: Vec<Event>,
+    mut record: RunRecord,
+    sink: &mut dyn EventSink,
+) -> Result<RunOutcome, ProgramError> {
+    let path = out_dir.join("model.safetensors");
+    let bytes = crate::train::checkpoint::save_checkpoint(&fitted.weights, &path)?;
+    let elapsed_s = record.started.elapsed().as_secs_f64();
+    let end = [
+        Event::Checkpoint {
+            path: "model.safetensors".into(),
+            bytes,
+        },
+        Event::Finished {
+            steps: fitted.steps,
+            elapsed_s,
+        },
+    ];
+    for e in extra.into_iter().chain(end) {
+        record.events.emit(e.clone());
+        sink.emit(e);
+    }
+    Ok(RunOutcome {
+        checkpoint: path,
+        steps: fitted.steps,
+        valid_metric: fitted.valid_metric,
+        curve: CurveSummary::from_events(&record.events.events, metric),
+        config: config.clone(),
+    })
 }
 
 /// Look a program up by name.

@@ -24,7 +24,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarMap;
@@ -33,7 +32,9 @@ use rand::SeedableRng;
 use serde::Deserialize;
 
 use super::fit::{fit, FitPlan, Fitted, Trainee};
-use super::{BaseReport, Evaluation, ExampleScore, Program, ProgramError, RunOutcome};
+use super::{
+    finish_run, BaseReport, Evaluation, ExampleScore, Program, ProgramError, RunOutcome, RunRecord,
+};
 use crate::grade::checkpoint::{load_checked, TensorSpec};
 use crate::lab::{parse_settings, Direction, Grading, Lab, LabError};
 use crate::nn::bert::{
@@ -44,10 +45,9 @@ use crate::nn::init::{seeded_var_builder, vars_with_prefix};
 use crate::nn::lora::LoraConfig;
 use crate::recipe::ParamSpec;
 use crate::train::checkpoint::save_checkpoint;
-use crate::train::events::{Event, EventSink, TeeSink, VecSink};
+use crate::train::events::{Event, EventSink, TeeSink};
 use crate::train::{
-    scale_steps, BatchSampler, Budget, CurveSummary, Optimizer, RunOptions, Schedule, ScheduleKind,
-    TrainConfig,
+    scale_steps, BatchSampler, Budget, Optimizer, RunOptions, Schedule, ScheduleKind, TrainConfig,
 };
 
 pub const NAME: &str = "sentence-classifier";
@@ -1052,7 +1052,7 @@ impl Program for SentenceClassifier {
         if let Some(l) = &config.lora {
             check_lora(l)?;
         }
-        let t0 = Instant::now();
+        let mut record = RunRecord::start();
         let backbone = backbone(lab)?;
         let (train, valid) = self.sets(lab, &s)?;
         let total = config.total_steps(train.len(), opts.step_scale);
@@ -1066,37 +1066,14 @@ impl Program for SentenceClassifier {
             warmup: scale_steps(config.warmup_steps, opts.step_scale).min(total),
             eval_every: scale_steps(config.eval_every, opts.step_scale),
         };
-        let mut record = VecSink::default();
         let fitted = {
             let mut tee = TeeSink {
                 first: sink,
-                second: &mut record,
+                second: &mut record.events,
             };
             finetune(&job, &mut tee)?
         };
-        let path = out_dir.join("model.safetensors");
-        let bytes = save_checkpoint(&fitted.weights, &path)?;
-        let elapsed = t0.elapsed().as_secs_f64();
-        for e in [
-            Event::Checkpoint {
-                path: "model.safetensors".into(),
-                bytes,
-            },
-            Event::Finished {
-                steps: fitted.steps,
-                elapsed_s: elapsed,
-            },
-        ] {
-            record.emit(e.clone());
-            sink.emit(e);
-        }
-        Ok(RunOutcome {
-            checkpoint: path,
-            steps: fitted.steps,
-            valid_metric: fitted.valid_metric,
-            curve: CurveSummary::from_events(&record.events, METRIC),
-            config: config.clone(),
-        })
+        finish_run(out_dir, fitted, config, METRIC, Vec::new(), record, sink)
     }
 
     fn evaluate(
