@@ -1,0 +1,139 @@
+//! Runs an untrusted command inside bubblewrap and reports clearly how it ended.
+//!
+//! The sandbox is built from unprivileged Linux mechanisms: bubblewrap's
+//! namespaces (user, mount, pid, network, ipc, uts, cgroup), a seccomp filter,
+//! rlimits, per-job cgroups (memory, pids) where the host lets us create them,
+//! a private sized tmpfs for the work folder where the host lets us mount one,
+//! and a watchdog thread for the wall clock (and for disk caps when the work
+//! folder is a plain folder). See the crate README for which mechanism enforces
+//! what, and what falls back where.
+//!
+//! `unsafe` is confined to the few system calls std does not wrap (setrlimit,
+//! memfd, mount, openat with `O_NOFOLLOW`, waitid, kill); each block says why
+//! it is sound.
+
+mod cgroup;
+mod limits;
+mod output;
+mod run;
+mod seccomp;
+mod workdir;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+pub use limits::{Limits, Outcome, Status};
+pub use output::{read_output, OutputError};
+pub use run::{run, LineAction};
+pub use seccomp::seccomp_program;
+pub use workdir::WorkDir;
+
+/// The Debian package that provides `bwrap`, for "install bubblewrap" messages.
+pub const BWRAP_PACKAGE: &str = "bubblewrap";
+
+/// The environment variable that names the bwrap binary to use instead of the
+/// one on `PATH`.
+pub const BWRAP_ENV: &str = "SANHAK_BWRAP";
+
+/// The `bwrap` binary: `$SANHAK_BWRAP` when set (and an executable file),
+/// otherwise the first `bwrap` on `PATH`.
+pub fn bwrap_path() -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if let Some(explicit) = std::env::var_os(BWRAP_ENV).filter(|v| !v.is_empty()) {
+        let p = PathBuf::from(explicit);
+        return executable(&p).then_some(p);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("bwrap"))
+        .find(|p| executable(p))
+}
+
+/// A host path bound into the sandbox at `guest`.
+#[derive(Debug, Clone)]
+pub struct Bind {
+    pub host: PathBuf,
+    pub guest: PathBuf,
+}
+
+impl Bind {
+    pub fn new(host: impl Into<PathBuf>, guest: impl Into<PathBuf>) -> Bind {
+        Bind {
+            host: host.into(),
+            guest: guest.into(),
+        }
+    }
+}
+
+/// Everything `run` needs to start one job.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    /// argv; `argv[0]` is a path as seen inside the sandbox.
+    pub command: Vec<OsString>,
+    /// Host folder (a [`WorkDir`]'s path), mounted read-write at guest `/work`.
+    pub work: PathBuf,
+    /// Working directory inside the sandbox; `/work` when `None`.
+    pub cwd: Option<PathBuf>,
+    /// Read-only binds (toolchain, lab data, base model, the program binary).
+    pub ro_binds: Vec<Bind>,
+    /// Devices bound read-write at the same path, e.g. `/dev/nvidia0`,
+    /// `/dev/nvidiactl`, `/dev/nvidia-uvm` for GPU jobs.
+    pub dev_binds: Vec<PathBuf>,
+    /// The only environment inside, on top of `PATH=/usr/bin:/bin` and
+    /// `HOME=/work` (which entries here override).
+    pub env: Vec<(String, String)>,
+    pub limits: Limits,
+    /// uid inside the user namespace.
+    pub uid: u32,
+    /// gid inside the user namespace.
+    pub gid: u32,
+}
+
+/// The guest path where the work folder is mounted.
+pub const GUEST_WORK: &str = "/work";
+
+impl SandboxSpec {
+    /// A spec with default limits, uid/gid 1000, no binds and no extra env.
+    pub fn new(command: Vec<OsString>, work: impl Into<PathBuf>) -> SandboxSpec {
+        SandboxSpec {
+            command,
+            work: work.into(),
+            cwd: None,
+            ro_binds: Vec::new(),
+            dev_binds: Vec::new(),
+            env: Vec::new(),
+            limits: Limits::default(),
+            uid: 1000,
+            gid: 1000,
+        }
+    }
+}
+
+/// Why a job could not be run at all. These are infrastructure faults, not the
+/// student's: the caller should retry or alert, never blame the submission.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("bubblewrap (bwrap) is not installed: install the Debian package `bubblewrap`")]
+    BwrapMissing,
+    #[error("the sandbox spec is invalid: {0}")]
+    InvalidSpec(String),
+    #[error("could not build the seccomp filter: {0}")]
+    Seccomp(String),
+    #[error("sandbox setup failed while {context}: {source}")]
+    Setup {
+        context: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl SandboxError {
+    pub(crate) fn setup(context: &'static str) -> impl FnOnce(std::io::Error) -> SandboxError {
+        move |source| SandboxError::Setup { context, source }
+    }
+}

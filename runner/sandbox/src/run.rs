@@ -1,0 +1,828 @@
+//! Starting bwrap, watching the job, and deciding how it ended.
+
+#![allow(unsafe_code)]
+
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Component, Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::cgroup::JobCgroup;
+use crate::workdir::{is_tmpfs_mount, tmpfs_full, usage};
+use crate::{bwrap_path, seccomp_program, Limits, Outcome, SandboxError, SandboxSpec, Status};
+
+/// What the caller wants after seeing a stdout line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineAction {
+    Continue,
+    /// Kill the job now; it ends as [`Status::Stopped`].
+    Stop,
+}
+
+/// How often the watchdog wakes up.
+const TICK: Duration = Duration::from_millis(25);
+/// How often the watchdog measures a plain (non-tmpfs) work folder.
+const DISK_POLL: Duration = Duration::from_millis(200);
+
+/// Runs `spec.command` in a fresh bubblewrap sandbox and waits for it.
+///
+/// Each complete stdout line (cut at `max_line_bytes`) is handed to `on_line`
+/// as it arrives; returning [`LineAction::Stop`] kills the job. Blocking:
+/// async callers use `spawn_blocking`. An `Err` is an infrastructure fault
+/// (bwrap missing, a setup step failed); everything the command itself does
+/// ends in an `Ok(Outcome)`.
+#[tracing::instrument(skip_all, fields(command = ?spec.command.first()))]
+pub fn run(
+    spec: &SandboxSpec,
+    on_line: &mut dyn FnMut(&str) -> LineAction,
+) -> Result<Outcome, SandboxError> {
+    let bwrap = bwrap_path().ok_or(SandboxError::BwrapMissing)?;
+    validate(spec)?;
+    let limits = &spec.limits;
+
+    let seccomp = memfd_with(&seccomp_program()?)
+        .map_err(SandboxError::setup("writing the seccomp filter"))?;
+    let cgroup = JobCgroup::create(limits);
+    let work_tmpfs = is_tmpfs_mount(&spec.work);
+    // SAFETY: getuid cannot fail and has no preconditions.
+    let root = unsafe { libc::getuid() } == 0;
+    let nproc = (!root
+        && cgroup
+            .as_ref()
+            .is_none_or(|c| !c.enforced().contains(&"cgroup-pids")))
+    .then_some(limits.pids);
+
+    let mut enforced: Vec<String> = [
+        "namespaces",
+        "no-network",
+        "seccomp",
+        "rlimits",
+        "tmpfs-tmp",
+        "watchdog-wall",
+        "output-caps",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if let Some(c) = &cgroup {
+        enforced.extend(c.enforced().into_iter().map(str::to_string));
+    }
+    if nproc.is_some() {
+        enforced.push("rlimit-nproc".into());
+    }
+    enforced.push(
+        if work_tmpfs {
+            "tmpfs-work"
+        } else {
+            "watchdog-disk"
+        }
+        .into(),
+    );
+
+    let mut cmd = Command::new(&bwrap);
+    cmd.args(bwrap_args(spec, seccomp.as_raw_fd()))
+        // Not even bwrap sees the host's environment: /proc/1/environ inside
+        // the sandbox is bwrap's, and it must not leak secrets.
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let procs_fds: Vec<RawFd> = cgroup
+        .as_ref()
+        .map(JobCgroup::procs_fds)
+        .unwrap_or_default();
+    let rlimits = rlimits(limits, nproc);
+    let seccomp_fd = seccomp.as_raw_fd();
+    // SAFETY: the closure runs between fork and exec, so it only makes
+    // async-signal-safe calls (write, setrlimit, fcntl) on data prepared
+    // before the fork, and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Join the job's cgroups first: "0" moves the writing process.
+            // bwrap and everything it starts are inside from here on.
+            for &fd in &procs_fds {
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            for &(resource, value) in &rlimits {
+                let lim = libc::rlimit {
+                    rlim_cur: value,
+                    rlim_max: value,
+                };
+                if libc::setrlimit(resource, &lim) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            // bwrap reads the filter from this fd: let it survive exec.
+            if libc::fcntl(seccomp_fd, libc::F_SETFD, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+
+    let started = Instant::now();
+    let mut child = cmd.spawn().map_err(SandboxError::setup("starting bwrap"))?;
+    drop(seccomp);
+    let pid = child.id() as libc::pid_t;
+    tracing::debug!(pid, ?enforced, "sandbox started");
+
+    let cgroup = Arc::new(cgroup);
+    let shared = Arc::new(Shared {
+        reason: Mutex::new(None),
+        reaped: Mutex::new(false),
+        pgid: pid,
+        cgroup: Arc::clone(&cgroup),
+    });
+
+    let (stdout, stderr) = match (child.stdout.take(), child.stderr.take()) {
+        (Some(o), Some(e)) => (o, e),
+        _ => {
+            shared.kill(Status::Stopped);
+            let _ = child.wait();
+            return Err(SandboxError::Setup {
+                context: "capturing the output of bwrap",
+                source: io::Error::other("stdout/stderr pipe missing"),
+            });
+        }
+    };
+
+    // stderr: keep only the tail, never block the child.
+    let (stderr_tx, stderr_rx) = mpsc::channel();
+    let stderr_cap = usize::try_from(limits.stderr_bytes).unwrap_or(usize::MAX);
+    thread::Builder::new()
+        .name("sandbox-stderr".into())
+        .spawn(move || {
+            let _ = stderr_tx.send(read_tail(stderr, stderr_cap));
+        })
+        .map_err(SandboxError::setup("starting the stderr reader"))?;
+
+    // Watchdog: wall clock, and disk caps when /work is a plain folder.
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let watchdog = {
+        let shared = Arc::clone(&shared);
+        let deadline = started + limits.wall;
+        let disk =
+            (!work_tmpfs).then(|| (spec.work.clone(), limits.work_bytes, limits.work_inodes));
+        thread::Builder::new()
+            .name("sandbox-watchdog".into())
+            .spawn(move || watch(&shared, deadline, disk, &done_rx))
+            .map_err(SandboxError::setup("starting the watchdog"))?
+    };
+
+    let stdout_bytes = read_lines(stdout, limits, on_line, &shared);
+
+    // Wait for bwrap to exit without reaping it, so the watchdog can never
+    // signal a recycled process group; then reap it with its rusage.
+    let raw_status = wait_exit(pid, &shared);
+    let wall = started.elapsed();
+    let _ = done_tx.send(());
+    let _ = watchdog.join();
+    // pid namespace teardown has killed the rest; the cgroup sweep is belt and braces.
+    if let Some(c) = cgroup.as_ref() {
+        c.kill_all();
+    }
+    let stderr_tail = stderr_rx
+        .recv_timeout(Duration::from_secs(2))
+        .unwrap_or_default();
+
+    let (raw_status, rusage) = raw_status.map_err(SandboxError::setup("waiting for bwrap"))?;
+    let killed = shared.reason.lock().map(|r| r.clone()).unwrap_or(None);
+    let exited = exit_status(raw_status);
+    let oom = cgroup.as_ref().as_ref().is_some_and(JobCgroup::oom_killed);
+    let pids_hit = cgroup
+        .as_ref()
+        .as_ref()
+        .is_some_and(JobCgroup::pids_limit_hit);
+    let disk_full = work_tmpfs && tmpfs_full(&spec.work);
+    let status = decide(killed, exited, oom, pids_hit, disk_full);
+
+    let rusage_cpu =
+        Duration::from_secs((rusage.ru_utime.tv_sec + rusage.ru_stime.tv_sec).max(0) as u64)
+            + Duration::from_micros(
+                (rusage.ru_utime.tv_usec + rusage.ru_stime.tv_usec).max(0) as u64
+            );
+    let cpu = cgroup
+        .as_ref()
+        .as_ref()
+        .and_then(JobCgroup::cpu)
+        .or(Some(rusage_cpu));
+    let peak_memory_bytes = cgroup
+        .as_ref()
+        .as_ref()
+        .and_then(JobCgroup::peak_memory)
+        .or_else(|| u64::try_from(rusage.ru_maxrss).ok().map(|kib| kib * 1024));
+    drop(shared);
+    // The last reference: removes the job's cgroups.
+    drop(cgroup);
+
+    tracing::debug!(?status, ?wall, "sandbox finished");
+    Ok(Outcome {
+        status,
+        stdout_bytes,
+        stderr_tail,
+        wall,
+        cpu,
+        peak_memory_bytes,
+        enforced,
+    })
+}
+
+/// State shared between the reader (main thread) and the watchdog.
+struct Shared {
+    /// Why we killed the job; the first reason wins.
+    reason: Mutex<Option<Status>>,
+    /// Set once bwrap has exited and is about to be reaped: from then on its
+    /// pid may be recycled, so nobody may signal it.
+    reaped: Mutex<bool>,
+    pgid: libc::pid_t,
+    cgroup: Arc<Option<JobCgroup>>,
+}
+
+impl Shared {
+    fn kill(&self, reason: Status) {
+        if let Ok(mut r) = self.reason.lock() {
+            if r.is_none() {
+                tracing::debug!(?reason, "killing the sandbox");
+                *r = Some(reason);
+            }
+        }
+        if let Ok(reaped) = self.reaped.lock() {
+            if !*reaped {
+                // SAFETY: kill has no memory-safety preconditions; bwrap is
+                // not reaped yet, so the group id is still ours.
+                unsafe { libc::kill(-self.pgid, libc::SIGKILL) };
+            }
+        }
+        if let Some(c) = self.cgroup.as_ref() {
+            c.kill_all();
+        }
+    }
+}
+
+fn watch(
+    shared: &Shared,
+    deadline: Instant,
+    disk: Option<(PathBuf, u64, u64)>,
+    done: &mpsc::Receiver<()>,
+) {
+    let mut next_disk = Instant::now();
+    loop {
+        match done.recv_timeout(TICK) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            shared.kill(Status::WallTimeout);
+            return;
+        }
+        if let Some((path, max_bytes, max_inodes)) = &disk {
+            if now >= next_disk {
+                let (bytes, inodes) = usage(path, *max_inodes);
+                if bytes > *max_bytes || inodes > *max_inodes {
+                    shared.kill(Status::DiskLimit);
+                    return;
+                }
+                next_disk = Instant::now() + DISK_POLL;
+            }
+        }
+    }
+}
+
+/// Reads stdout, hands out lines, enforces the stdout cap. Returns the bytes read.
+fn read_lines(
+    mut stdout: impl Read,
+    limits: &Limits,
+    on_line: &mut dyn FnMut(&str) -> LineAction,
+    shared: &Shared,
+) -> u64 {
+    let max_line = limits.max_line_bytes.max(1);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut line: Vec<u8> = Vec::new();
+    let mut overlong = false; // dropping the rest of a line past max_line
+    let mut total: u64 = 0;
+    let mut deliver = |line: &[u8]| on_line(&String::from_utf8_lossy(line));
+    loop {
+        let n = match stdout.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::debug!(error = %e, "reading the sandbox's stdout");
+                break;
+            }
+        };
+        let allowed = limits.stdout_bytes.saturating_sub(total);
+        let take = n.min(usize::try_from(allowed).unwrap_or(usize::MAX));
+        total += n as u64;
+        for chunk in buf[..take].split_inclusive(|&b| b == b'\n') {
+            let (body, complete) = match chunk.split_last() {
+                Some((b'\n', body)) => (body, true),
+                _ => (chunk, false),
+            };
+            if !overlong {
+                let room = max_line - line.len();
+                line.extend_from_slice(&body[..body.len().min(room)]);
+                if body.len() > room {
+                    overlong = true;
+                }
+            }
+            if complete {
+                // An overlong line already handed out in part ends here.
+                let action = if overlong && line.is_empty() {
+                    LineAction::Continue
+                } else {
+                    deliver(&line)
+                };
+                line.clear();
+                overlong = false;
+                if action == LineAction::Stop {
+                    shared.kill(Status::Stopped);
+                    return total;
+                }
+            } else if overlong && !line.is_empty() {
+                // Hand out the cut line now rather than buffering forever.
+                let action = deliver(&line);
+                line.clear();
+                if action == LineAction::Stop {
+                    shared.kill(Status::Stopped);
+                    return total;
+                }
+            }
+        }
+        if total > limits.stdout_bytes {
+            shared.kill(Status::OutputLimit);
+            return total;
+        }
+    }
+    if !line.is_empty() && deliver(&line) == LineAction::Stop {
+        shared.kill(Status::Stopped);
+    }
+    total
+}
+
+/// Keeps the last `cap` bytes of `r`.
+fn read_tail(mut r: impl Read, cap: usize) -> String {
+    let mut tail: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                tail.extend_from_slice(&buf[..n]);
+                if tail.len() > cap.saturating_mul(2).max(64 * 1024) {
+                    let cut = tail.len() - cap;
+                    tail.drain(..cut);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    if tail.len() > cap {
+        let cut = tail.len() - cap;
+        tail.drain(..cut);
+    }
+    String::from_utf8_lossy(&tail).into_owned()
+}
+
+fn wait_exit(pid: libc::pid_t, shared: &Shared) -> io::Result<(libc::c_int, libc::rusage)> {
+    loop {
+        // SAFETY: an all-zero siginfo_t is valid; waitid writes into it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: valid out-pointer; WNOWAIT leaves the child waitable.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if rc == 0 {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    let _guard = shared.reaped.lock().map(|mut r| *r = true);
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: an all-zero rusage is valid; wait4 writes into it.
+        let mut rusage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: valid out-pointers for our own child.
+        let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut rusage) };
+        if rc == pid {
+            return Ok((status, rusage));
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// bwrap exits with the command's code, or 128+N when the command died of
+/// signal N; bwrap itself may also die of a signal (e.g. our SIGKILL).
+fn exit_status(raw: libc::c_int) -> Status {
+    if libc::WIFSIGNALED(raw) {
+        return Status::Signalled {
+            signal: libc::WTERMSIG(raw),
+        };
+    }
+    let code = libc::WEXITSTATUS(raw);
+    if (129..=128 + 64).contains(&code) {
+        Status::Signalled { signal: code - 128 }
+    } else {
+        Status::Exited { code }
+    }
+}
+
+/// How the job ended, from what we did and what the kernel reports.
+fn decide(
+    killed: Option<Status>,
+    exited: Status,
+    oom: bool,
+    pids_hit: bool,
+    disk_full: bool,
+) -> Status {
+    match killed {
+        // A job that spins after hitting the pids or memory limit (a fork
+        // bomb retrying) is better explained by that limit than by the clock.
+        Some(Status::WallTimeout) if pids_hit => Status::PidsLimit,
+        Some(Status::WallTimeout) if oom => Status::MemoryLimit,
+        Some(reason) => reason,
+        None if exited.success() => exited,
+        None if oom => Status::MemoryLimit,
+        None if pids_hit => Status::PidsLimit,
+        None if disk_full => Status::DiskLimit,
+        None => exited,
+    }
+}
+
+fn rlimits(limits: &Limits, nproc: Option<u64>) -> Vec<(libc::__rlimit_resource_t, libc::rlim_t)> {
+    let mut v = vec![
+        (libc::RLIMIT_CORE, 0),
+        (libc::RLIMIT_FSIZE, limits.file_size_bytes),
+        (libc::RLIMIT_NOFILE, limits.open_files),
+    ];
+    if let Some(cpu) = limits.cpu_seconds {
+        v.push((libc::RLIMIT_CPU, cpu));
+    }
+    if let Some(n) = nproc {
+        v.push((libc::RLIMIT_NPROC, n));
+    }
+    v
+}
+
+fn memfd_with(bytes: &[u8]) -> io::Result<OwnedFd> {
+    let name = CString::new("sanhak-seccomp")?;
+    // SAFETY: a valid NUL-terminated name.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd owned by nobody else.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut file = File::from(owned);
+    file.write_all(bytes)?;
+    io::Seek::seek(&mut file, io::SeekFrom::Start(0))?;
+    Ok(OwnedFd::from(file))
+}
+
+fn os(s: &str) -> OsString {
+    OsString::from(s)
+}
+
+fn guest_ok(p: &Path) -> bool {
+    p.is_absolute()
+        && p.components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+        && !p.as_os_str().as_bytes().contains(&0)
+}
+
+fn validate(spec: &SandboxSpec) -> Result<(), SandboxError> {
+    let bad = |m: String| Err(SandboxError::InvalidSpec(m));
+    if spec.command.is_empty() {
+        return bad("the command is empty".into());
+    }
+    if !spec.work.is_absolute() || !spec.work.is_dir() {
+        return bad(format!(
+            "the work folder {} is not an existing absolute folder",
+            spec.work.display()
+        ));
+    }
+    for b in &spec.ro_binds {
+        if !guest_ok(&b.guest) || b.guest == Path::new("/") {
+            return bad(format!(
+                "bind target {} is not a plain absolute path",
+                b.guest.display()
+            ));
+        }
+        if !b.host.exists() {
+            return bad(format!("bind source {} does not exist", b.host.display()));
+        }
+    }
+    for d in &spec.dev_binds {
+        if !guest_ok(d) || !d.starts_with("/dev") {
+            return bad(format!("device {} is not under /dev", d.display()));
+        }
+    }
+    if let Some(cwd) = &spec.cwd {
+        if !guest_ok(cwd) {
+            return bad(format!(
+                "cwd {} is not a plain absolute path",
+                cwd.display()
+            ));
+        }
+    }
+    for (k, v) in &spec.env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+            return bad(format!("environment variable {k:?} is invalid"));
+        }
+    }
+    Ok(())
+}
+
+/// The bwrap command line (everything after `bwrap`).
+pub(crate) fn bwrap_args(spec: &SandboxSpec, seccomp_fd: RawFd) -> Vec<OsString> {
+    let mut a: Vec<OsString> = Vec::new();
+    let mut push = |items: &[&OsStr]| a.extend(items.iter().map(|s| s.to_os_string()));
+    let s = |x: &'static str| OsStr::new(x);
+    let uid = spec.uid.to_string();
+    let gid = spec.gid.to_string();
+    push(&[
+        s("--unshare-all"),
+        s("--unshare-user"),
+        s("--disable-userns"),
+        s("--uid"),
+        OsStr::new(&uid),
+        s("--gid"),
+        OsStr::new(&gid),
+        s("--die-with-parent"),
+        s("--new-session"),
+        s("--clearenv"),
+        s("--cap-drop"),
+        s("ALL"),
+        s("--hostname"),
+        s("sandbox"),
+        s("--ro-bind"),
+        s("/usr"),
+        s("/usr"),
+    ]);
+    // Merged-/usr hosts have /lib -> usr/lib etc.; older ones have folders.
+    for top in ["/lib", "/lib64", "/lib32", "/libx32", "/bin", "/sbin"] {
+        let p = Path::new(top);
+        match std::fs::symlink_metadata(p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                if let Ok(target) = std::fs::read_link(p) {
+                    push(&[s("--symlink"), target.as_os_str(), p.as_os_str()]);
+                }
+            }
+            Ok(m) if m.is_dir() => push(&[s("--ro-bind"), p.as_os_str(), p.as_os_str()]),
+            _ => {}
+        }
+    }
+    let tmp_size = spec.limits.tmp_bytes.max(4096).to_string();
+    let work = crate::GUEST_WORK;
+    push(&[
+        s("--ro-bind-try"),
+        s("/etc/ld.so.cache"),
+        s("/etc/ld.so.cache"),
+        s("--proc"),
+        s("/proc"),
+        s("--dev"),
+        s("/dev"),
+    ]);
+    for d in &spec.dev_binds {
+        push(&[s("--dev-bind"), d.as_os_str(), d.as_os_str()]);
+    }
+    push(&[
+        s("--size"),
+        OsStr::new(&tmp_size),
+        s("--tmpfs"),
+        s("/tmp"),
+        s("--bind"),
+        spec.work.as_os_str(),
+        s(work),
+    ]);
+    for b in &spec.ro_binds {
+        push(&[s("--ro-bind"), b.host.as_os_str(), b.guest.as_os_str()]);
+    }
+    let fd = seccomp_fd.to_string();
+    let cwd = spec.cwd.clone().unwrap_or_else(|| PathBuf::from(work));
+    push(&[
+        s("--seccomp"),
+        OsStr::new(&fd),
+        s("--chdir"),
+        cwd.as_os_str(),
+    ]);
+    let mut env: Vec<(String, String)> = vec![
+        ("PATH".into(), "/usr/bin:/bin".into()),
+        ("HOME".into(), work.into()),
+    ];
+    env.extend(spec.env.iter().cloned());
+    for (k, v) in &env {
+        a.extend([os("--setenv"), os(k), os(v)]);
+    }
+    a.push(os("--"));
+    a.extend(spec.command.iter().cloned());
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decide_prefers_the_clearest_reason() {
+        let ok = Status::Exited { code: 0 };
+        let bad = Status::Exited { code: 1 };
+        assert_eq!(decide(None, ok.clone(), false, false, false), ok);
+        assert_eq!(decide(None, bad.clone(), false, false, false), bad);
+        assert_eq!(
+            decide(None, Status::Signalled { signal: 9 }, true, false, false),
+            Status::MemoryLimit
+        );
+        assert_eq!(
+            decide(None, bad.clone(), false, true, false),
+            Status::PidsLimit
+        );
+        assert_eq!(
+            decide(None, bad.clone(), false, false, true),
+            Status::DiskLimit
+        );
+        assert_eq!(
+            decide(Some(Status::WallTimeout), bad.clone(), false, true, false),
+            Status::PidsLimit
+        );
+        assert_eq!(
+            decide(Some(Status::WallTimeout), bad.clone(), false, false, false),
+            Status::WallTimeout
+        );
+        assert_eq!(
+            decide(Some(Status::Stopped), bad.clone(), true, true, true),
+            Status::Stopped
+        );
+        assert_eq!(
+            decide(Some(Status::OutputLimit), bad, false, false, false),
+            Status::OutputLimit
+        );
+        // a job that succeeded despite a child's OOM kill succeeded
+        assert_eq!(decide(None, ok.clone(), true, true, true), ok);
+    }
+
+    #[test]
+    fn exit_codes_map_to_signals_the_way_bwrap_reports_them() {
+        assert_eq!(exit_status(0), Status::Exited { code: 0 });
+        assert_eq!(exit_status(3 << 8), Status::Exited { code: 3 });
+        assert_eq!(exit_status(137 << 8), Status::Signalled { signal: 9 });
+        assert_eq!(exit_status(9), Status::Signalled { signal: 9 });
+    }
+
+    #[test]
+    fn lines_are_cut_and_the_cap_kills() {
+        let shared = Shared {
+            reason: Mutex::new(None),
+            reaped: Mutex::new(true),
+            pgid: 0,
+            cgroup: Arc::new(None),
+        };
+        let limits = Limits {
+            max_line_bytes: 4,
+            stdout_bytes: 1000,
+            ..Limits::default()
+        };
+        let mut seen = Vec::new();
+        let input: &[u8] = b"ab\nabcdefgh\nxyz";
+        let n = read_lines(
+            input,
+            &limits,
+            &mut |l| {
+                seen.push(l.to_string());
+                LineAction::Continue
+            },
+            &shared,
+        );
+        assert_eq!(n, input.len() as u64);
+        assert_eq!(seen, ["ab", "abcd", "xyz"]);
+
+        // The same, arriving three bytes at a time.
+        struct Trickle<'a>(&'a [u8]);
+        impl Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let n = self.0.len().min(3).min(buf.len());
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let mut seen = Vec::new();
+        read_lines(
+            Trickle(
+                b"ab
+abcdefgh
+
+xyz",
+            ),
+            &limits,
+            &mut |l| {
+                seen.push(l.to_string());
+                LineAction::Continue
+            },
+            &shared,
+        );
+        assert_eq!(seen, ["ab", "abcd", "", "xyz"]);
+        assert!(shared.reason.lock().expect("lock").is_none());
+
+        let limits = Limits {
+            stdout_bytes: 5,
+            ..Limits::default()
+        };
+        let mut seen = Vec::new();
+        read_lines(
+            &b"a\nb\nccccccc\n"[..],
+            &limits,
+            &mut |l| {
+                seen.push(l.to_string());
+                LineAction::Continue
+            },
+            &shared,
+        );
+        assert_eq!(seen, ["a", "b"]);
+        assert_eq!(
+            *shared.reason.lock().expect("lock"),
+            Some(Status::OutputLimit)
+        );
+    }
+
+    #[test]
+    fn stop_kills() {
+        let shared = Shared {
+            reason: Mutex::new(None),
+            reaped: Mutex::new(true),
+            pgid: 0,
+            cgroup: Arc::new(None),
+        };
+        let mut count = 0;
+        read_lines(
+            &b"1\n2\n3\n4\n"[..],
+            &Limits::default(),
+            &mut |_| {
+                count += 1;
+                if count == 2 {
+                    LineAction::Stop
+                } else {
+                    LineAction::Continue
+                }
+            },
+            &shared,
+        );
+        assert_eq!(count, 2);
+        assert_eq!(*shared.reason.lock().expect("lock"), Some(Status::Stopped));
+    }
+
+    #[test]
+    fn tail_keeps_the_end() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let tail = read_tail(&data[..], 10);
+        assert_eq!(tail, String::from_utf8_lossy(&data[data.len() - 10..]));
+    }
+
+    #[test]
+    fn args_have_the_isolation_flags_and_end_with_the_command() {
+        let mut spec = SandboxSpec::new(vec!["/opt/prog".into(), "--x".into()], "/w");
+        spec.env.push(("A".into(), "b".into()));
+        let args = bwrap_args(&spec, 7);
+        let text: Vec<String> = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        for flag in [
+            "--unshare-all",
+            "--die-with-parent",
+            "--new-session",
+            "--clearenv",
+            "--cap-drop",
+        ] {
+            assert!(text.contains(&flag.to_string()), "{flag}");
+        }
+        let dd = text.iter().position(|a| a == "--").expect("--");
+        assert_eq!(&text[dd + 1..], ["/opt/prog", "--x"]);
+        assert!(text.windows(2).any(|w| w[0] == "--seccomp" && w[1] == "7"));
+        assert!(!text.iter().any(|a| a == "/etc" || a == "/etc/passwd"));
+    }
+}
