@@ -33,6 +33,8 @@ pub(crate) struct JobCgroup {
     version: Version,
     memory: Option<Group>,
     pids: Option<Group>,
+    /// v1 only: CPU accounting (v2 has cpu.stat in every cgroup).
+    cpuacct: Option<Group>,
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -251,10 +253,16 @@ impl JobCgroup {
             Some(g)
         });
         if v1_memory.is_some() || v1_pids.is_some() {
+            let cpuacct = own_v1_dir("cpuacct").and_then(|parent| {
+                Group::create(&parent, &name)
+                    .map_err(|e| tracing::debug!(error = %e, "no v1 cpuacct cgroup"))
+                    .ok()
+            });
             return Some(JobCgroup {
                 version: Version::V1,
                 memory: v1_memory,
                 pids: v1_pids,
+                cpuacct,
             });
         }
         Self::create_v2(limits, &name)
@@ -305,6 +313,7 @@ impl JobCgroup {
             version: Version::V2,
             memory: memory_ok.then_some(g),
             pids,
+            cpuacct: None,
         })
     }
 
@@ -324,7 +333,10 @@ impl JobCgroup {
     pub(crate) fn procs_fds(&self) -> Vec<RawFd> {
         let mut fds: Vec<RawFd> = Vec::new();
         let mut dirs: Vec<&Path> = Vec::new();
-        for g in [&self.memory, &self.pids].into_iter().flatten() {
+        for g in [&self.memory, &self.pids, &self.cpuacct]
+            .into_iter()
+            .flatten()
+        {
             if !dirs.contains(&g.dir.as_path()) {
                 dirs.push(&g.dir);
                 fds.push(g.procs.as_raw_fd());
@@ -335,7 +347,10 @@ impl JobCgroup {
 
     /// Kills every process left in the job's cgroups.
     pub(crate) fn kill_all(&self) {
-        for g in [&self.memory, &self.pids].into_iter().flatten() {
+        for g in [&self.memory, &self.pids, &self.cpuacct]
+            .into_iter()
+            .flatten()
+        {
             g.kill_all(self.version);
         }
     }
@@ -370,13 +385,19 @@ impl JobCgroup {
         }
     }
 
-    /// CPU time of the whole job, where the cgroup measures it (v2 cpu.stat).
+    /// CPU time of the whole job, killed processes included, where the
+    /// cgroup measures it (v1 cpuacct.usage, v2 cpu.stat).
     pub(crate) fn cpu(&self) -> Option<Duration> {
-        if self.version != Version::V2 {
-            return None;
+        match self.version {
+            Version::V1 => {
+                let g = self.cpuacct.as_ref()?;
+                read_u64(&g.dir.join("cpuacct.usage")).map(Duration::from_nanos)
+            }
+            Version::V2 => {
+                let g = self.memory.as_ref().or(self.pids.as_ref())?;
+                read_key(&g.dir.join("cpu.stat"), "usage_usec").map(Duration::from_micros)
+            }
         }
-        let g = self.memory.as_ref().or(self.pids.as_ref())?;
-        read_key(&g.dir.join("cpu.stat"), "usage_usec").map(Duration::from_micros)
     }
 }
 
@@ -387,6 +408,9 @@ impl Drop for JobCgroup {
             g.remove(version);
         }
         if let Some(g) = self.memory.take() {
+            g.remove(version);
+        }
+        if let Some(g) = self.cpuacct.take() {
             g.remove(version);
         }
     }

@@ -87,8 +87,13 @@ pub fn run(
         .into(),
     );
 
+    let options = memfd_with(&nul_separated(&bwrap_args(spec, seccomp.as_raw_fd())))
+        .map_err(SandboxError::setup("writing the bwrap options"))?;
     let mut cmd = Command::new(&bwrap);
-    cmd.args(bwrap_args(spec, seccomp.as_raw_fd()))
+    cmd.arg("--args")
+        .arg(options.as_raw_fd().to_string())
+        .arg("--")
+        .args(&spec.command)
         // Not even bwrap sees the host's environment: /proc/1/environ inside
         // the sandbox is bwrap's, and it must not leak secrets.
         .env_clear()
@@ -101,7 +106,7 @@ pub fn run(
         .map(JobCgroup::procs_fds)
         .unwrap_or_default();
     let rlimits = rlimits(limits, nproc);
-    let seccomp_fd = seccomp.as_raw_fd();
+    let inherited = [seccomp.as_raw_fd(), options.as_raw_fd()];
     // SAFETY: the closure runs between fork and exec, so it only makes
     // async-signal-safe calls (write, setrlimit, fcntl) on data prepared
     // before the fork, and allocates nothing.
@@ -123,9 +128,11 @@ pub fn run(
                     return Err(io::Error::last_os_error());
                 }
             }
-            // bwrap reads the filter from this fd: let it survive exec.
-            if libc::fcntl(seccomp_fd, libc::F_SETFD, 0) != 0 {
-                return Err(io::Error::last_os_error());
+            // bwrap reads the filter and its options from these: let them survive exec.
+            for fd in inherited {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
             }
             Ok(())
         });
@@ -134,6 +141,7 @@ pub fn run(
     let started = Instant::now();
     let mut child = cmd.spawn().map_err(SandboxError::setup("starting bwrap"))?;
     drop(seccomp);
+    drop(options);
     let pid = child.id() as libc::pid_t;
     tracing::debug!(pid, ?enforced, "sandbox started");
 
@@ -557,7 +565,7 @@ fn validate(spec: &SandboxSpec) -> Result<(), SandboxError> {
     Ok(())
 }
 
-/// The bwrap command line (everything after `bwrap`).
+/// bwrap's options, passed through `--args FD`; the command follows `--` on argv.
 pub(crate) fn bwrap_args(spec: &SandboxSpec, seccomp_fd: RawFd) -> Vec<OsString> {
     let mut a: Vec<OsString> = Vec::new();
     let mut push = |items: &[&OsStr]| a.extend(items.iter().map(|s| s.to_os_string()));
@@ -625,6 +633,9 @@ pub(crate) fn bwrap_args(spec: &SandboxSpec, seccomp_fd: RawFd) -> Vec<OsString>
     let fd = seccomp_fd.to_string();
     let cwd = spec.cwd.clone().unwrap_or_else(|| PathBuf::from(work));
     push(&[
+        // The root is bwrap's own tmpfs: nothing may be added to it after setup.
+        s("--remount-ro"),
+        s("/"),
         s("--seccomp"),
         OsStr::new(&fd),
         s("--chdir"),
@@ -638,9 +649,19 @@ pub(crate) fn bwrap_args(spec: &SandboxSpec, seccomp_fd: RawFd) -> Vec<OsString>
     for (k, v) in &env {
         a.extend([os("--setenv"), os(k), os(v)]);
     }
-    a.push(os("--"));
-    a.extend(spec.command.iter().cloned());
     a
+}
+
+/// The options as bwrap's `--args FD` reads them: NUL-terminated strings.
+/// Passing them through a file keeps host paths and settings out of
+/// `/proc/1/cmdline` inside the sandbox; only the command stays on argv.
+fn nul_separated(args: &[OsString]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for a in args {
+        out.extend_from_slice(a.as_bytes());
+        out.push(0);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -820,8 +841,14 @@ xyz",
         ] {
             assert!(text.contains(&flag.to_string()), "{flag}");
         }
-        let dd = text.iter().position(|a| a == "--").expect("--");
-        assert_eq!(&text[dd + 1..], ["/opt/prog", "--x"]);
+        assert!(!text.iter().any(|a| a == "--" || a == "/opt/prog"));
+        assert!(text
+            .windows(2)
+            .any(|w| w[0] == "--remount-ro" && w[1] == "/"));
+        assert_eq!(
+            nul_separated(&args[..2]),
+            b"--unshare-all\0--unshare-user\0"
+        );
         assert!(text.windows(2).any(|w| w[0] == "--seccomp" && w[1] == "7"));
         assert!(!text.iter().any(|a| a == "/etc" || a == "/etc/passwd"));
     }
