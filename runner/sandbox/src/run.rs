@@ -474,8 +474,11 @@ fn decide(
         Some(Status::WallTimeout) if oom => Status::MemoryLimit,
         Some(reason) => reason,
         None if exited.success() => exited,
-        None if oom => Status::MemoryLimit,
+        // Both fire in a fork bomb: every failed fork first copies the
+        // parent's memory map, so the bomb often OOMs right after it hits
+        // the pids limit. The process limit is the cause worth telling.
         None if pids_hit => Status::PidsLimit,
+        None if oom => Status::MemoryLimit,
         None if disk_full => Status::DiskLimit,
         None => exited,
     }
@@ -693,6 +696,10 @@ mod tests {
         assert_eq!(
             decide(Some(Status::WallTimeout), bad.clone(), false, false, false),
             Status::WallTimeout
+        );
+        assert_eq!(
+            decide(None, Status::Signalled { signal: 9 }, true, true, false),
+            Status::PidsLimit
         );
         assert_eq!(
             decide(Some(Status::Stopped), bad.clone(), true, true, true),
