@@ -124,6 +124,12 @@ pub enum SandboxError {
     InvalidSpec(String),
     #[error("could not build the seccomp filter: {0}")]
     Seccomp(String),
+    /// bwrap started but never got as far as running the command (a mount
+    /// or namespace step failed, or `command[0]` could not be executed).
+    /// Detected with `--json-status-fd`: bwrap reports an exit code only for
+    /// a command it managed to exec, so the command cannot fake this.
+    #[error("bubblewrap could not start the job: {0}")]
+    BwrapFailed(String),
     #[error("sandbox setup failed while {context}: {source}")]
     Setup {
         context: &'static str,

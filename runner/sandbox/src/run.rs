@@ -89,9 +89,13 @@ pub fn run(
 
     let options = memfd_with(&nul_separated(&bwrap_args(spec, seccomp.as_raw_fd())))
         .map_err(SandboxError::setup("writing the bwrap options"))?;
+    let (status_read, status_write) =
+        cloexec_pipe().map_err(SandboxError::setup("creating the status pipe"))?;
     let mut cmd = Command::new(&bwrap);
     cmd.arg("--args")
         .arg(options.as_raw_fd().to_string())
+        .arg("--json-status-fd")
+        .arg(status_write.as_raw_fd().to_string())
         .arg("--")
         .args(&spec.command)
         // Not even bwrap sees the host's environment: /proc/1/environ inside
@@ -106,7 +110,11 @@ pub fn run(
         .map(JobCgroup::procs_fds)
         .unwrap_or_default();
     let rlimits = rlimits(limits, nproc);
-    let inherited = [seccomp.as_raw_fd(), options.as_raw_fd()];
+    let inherited = [
+        seccomp.as_raw_fd(),
+        options.as_raw_fd(),
+        status_write.as_raw_fd(),
+    ];
     // SAFETY: the closure runs between fork and exec, so it only makes
     // async-signal-safe calls (write, setrlimit, fcntl) on data prepared
     // before the fork, and allocates nothing.
@@ -128,7 +136,8 @@ pub fn run(
                     return Err(io::Error::last_os_error());
                 }
             }
-            // bwrap reads the filter and its options from these: let them survive exec.
+            // bwrap reads the filter and its options from these, and reports
+            // its status on the last: let them survive exec.
             for fd in inherited {
                 if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
                     return Err(io::Error::last_os_error());
@@ -142,6 +151,7 @@ pub fn run(
     let mut child = cmd.spawn().map_err(SandboxError::setup("starting bwrap"))?;
     drop(seccomp);
     drop(options);
+    drop(status_write);
     let pid = child.id() as libc::pid_t;
     tracing::debug!(pid, ?enforced, "sandbox started");
 
@@ -206,6 +216,17 @@ pub fn run(
 
     let (raw_status, rusage) = raw_status.map_err(SandboxError::setup("waiting for bwrap"))?;
     let killed = shared.reason.lock().map(|r| r.clone()).unwrap_or(None);
+    let command_ran = read_status_json(status_read).contains("\"exit-code\"");
+    if !command_ran && killed.is_none() && libc::WIFEXITED(raw_status) {
+        let message = stderr_tail
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("bwrap: "))
+            .unwrap_or("no message")
+            .to_string();
+        tracing::warn!(%message, "bwrap failed before running the command");
+        return Err(SandboxError::BwrapFailed(message));
+    }
     let exited = exit_status(raw_status);
     let oom = cgroup.as_ref().as_ref().is_some_and(JobCgroup::oom_killed);
     let pids_hit = cgroup
@@ -497,6 +518,38 @@ fn rlimits(limits: &Limits, nproc: Option<u64>) -> Vec<(libc::__rlimit_resource_
         v.push((libc::RLIMIT_NPROC, n));
     }
     v
+}
+
+fn cloexec_pipe() -> io::Result<(File, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: a valid out-array of two fds.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just created and are owned by nobody else.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    Ok((File::from(read), write))
+}
+
+/// What bwrap wrote on `--json-status-fd`, read once bwrap has exited
+/// (non-blocking, in case anything still holds the write end).
+fn read_status_json(mut f: File) -> String {
+    // SAFETY: fcntl on an fd we own.
+    unsafe {
+        let flags = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while out.len() < 64 * 1024 {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn memfd_with(bytes: &[u8]) -> io::Result<OwnedFd> {

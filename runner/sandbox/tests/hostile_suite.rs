@@ -42,6 +42,17 @@ fn fixture() -> Option<&'static Fixture> {
         // The host secret that must never be visible inside.
         std::env::set_var(CANARY_NAME, CANARY_VALUE);
         let dir = tempfile::tempdir().expect("tempdir");
+        let marker = dir.path().join("marker.txt");
+        std::fs::write(&marker, MARKER_TEXT).expect("marker");
+        // Prebuilt programs, for running this suite as an unprivileged user
+        // who cannot reach the toolchain (see the README).
+        if let Some(prebuilt) = std::env::var_os("SANHAK_HOSTILE_PROGS") {
+            return Fixture {
+                progs: PathBuf::from(prebuilt),
+                marker,
+                _dir: dir,
+            };
+        }
         let progs = dir.path().join("progs");
         std::fs::create_dir(&progs).expect("mkdir progs");
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hostile");
@@ -68,8 +79,6 @@ fn fixture() -> Option<&'static Fixture> {
         for h in handles {
             h.join().expect("compile thread");
         }
-        let marker = dir.path().join("marker.txt");
-        std::fs::write(&marker, MARKER_TEXT).expect("marker");
         Fixture {
             progs,
             marker,
@@ -711,4 +720,32 @@ fn planted_outputs_are_refused() {
 fn a_missing_bwrap_is_a_clear_infrastructure_error() {
     let err = sanhak_sandbox::SandboxError::BwrapMissing.to_string();
     assert!(err.contains(sanhak_sandbox::BWRAP_PACKAGE), "{err}");
+}
+
+#[test]
+fn a_command_that_cannot_start_is_an_infrastructure_error() {
+    let Some(fx) = fixture() else { return };
+    let j = job(&limits());
+    let spec = SandboxSpec::new(vec!["/opt/nowhere/prog".into()], j.work.path());
+    let err = run(&spec, &mut |_| LineAction::Continue).expect_err("cannot exec");
+    assert!(
+        matches!(&err, sanhak_sandbox::SandboxError::BwrapFailed(m) if m.contains("execvp")),
+        "{err:?}"
+    );
+    // A bind that bwrap cannot set up (a mount point inside read-only /usr).
+    let mut spec = j.sh("echo never", &limits());
+    spec.ro_binds
+        .push(Bind::new(&fx.progs, "/usr/sanhak-nowhere/x"));
+    let err = run(&spec, &mut |_| LineAction::Continue).expect_err("cannot bind");
+    assert!(
+        matches!(&err, sanhak_sandbox::SandboxError::BwrapFailed(_)),
+        "{err:?}"
+    );
+    // A command that prints bwrap-like errors and fails is still the command's failure.
+    let (outcome, _) = run_all(&j.sh(
+        "echo 'bwrap: execvp x: No such file' >&2; exit 1",
+        &limits(),
+    ));
+    assert_eq!(outcome.status, Status::Exited { code: 1 });
+    assert_host_fine(fx, &j.token);
 }
