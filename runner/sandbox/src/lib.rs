@@ -17,6 +17,7 @@ mod limits;
 mod output;
 mod run;
 mod seccomp;
+mod tree;
 mod workdir;
 
 use std::ffi::OsString;

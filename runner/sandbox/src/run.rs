@@ -31,6 +31,8 @@ pub enum LineAction {
 const TICK: Duration = Duration::from_millis(25);
 /// How often the watchdog measures a plain (non-tmpfs) work folder.
 const DISK_POLL: Duration = Duration::from_millis(200);
+/// How often the watchdog measures the process tree (no-cgroup fallback).
+const TREE_POLL: Duration = Duration::from_millis(100);
 
 /// Runs `spec.command` in a fresh bubblewrap sandbox and waits for it.
 ///
@@ -86,6 +88,23 @@ pub fn run(
         }
         .into(),
     );
+    // Without cgroups, the watchdog measures the process tree instead (a
+    // fallback: a fast bomb can overshoot between two polls).
+    let has = |what: &str| {
+        cgroup
+            .as_ref()
+            .is_some_and(|c| c.enforced().contains(&what))
+    };
+    let tree_caps = TreeCaps {
+        memory_bytes: (!has("cgroup-memory")).then_some(limits.memory_bytes),
+        tasks: (!has("cgroup-pids") && nproc.is_none()).then_some(limits.pids),
+    };
+    if tree_caps.memory_bytes.is_some() {
+        enforced.push("watchdog-memory".into());
+    }
+    if tree_caps.tasks.is_some() {
+        enforced.push("watchdog-pids".into());
+    }
 
     let options = memfd_with(&nul_separated(&bwrap_args(spec, seccomp.as_raw_fd())))
         .map_err(SandboxError::setup("writing the bwrap options"))?;
@@ -194,11 +213,24 @@ pub fn run(
             (!work_tmpfs).then(|| (spec.work.clone(), limits.work_bytes, limits.work_inodes));
         thread::Builder::new()
             .name("sandbox-watchdog".into())
-            .spawn(move || watch(&shared, deadline, disk, &done_rx))
+            .spawn(move || watch(&shared, deadline, disk, tree_caps, &done_rx))
             .map_err(SandboxError::setup("starting the watchdog"))?
     };
 
-    let stdout_bytes = read_lines(stdout, limits, on_line, &shared);
+    // If the caller's callback panics, the job must not outlive `run`:
+    // kill it, reap it, then let the panic continue.
+    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        read_lines(stdout, limits, on_line, &shared)
+    }));
+    let stdout_bytes = match read {
+        Ok(n) => n,
+        Err(panic) => {
+            shared.kill(Status::Stopped);
+            let _ = wait_exit(pid, &shared);
+            let _ = done_tx.send(());
+            std::panic::resume_unwind(panic);
+        }
+    };
 
     // Wait for bwrap to exit without reaping it, so the watchdog can never
     // signal a recycled process group; then reap it with its rusage.
@@ -299,13 +331,22 @@ impl Shared {
     }
 }
 
+/// Caps the watchdog enforces on the job's process tree when no cgroup does.
+#[derive(Debug, Clone, Copy)]
+struct TreeCaps {
+    memory_bytes: Option<u64>,
+    tasks: Option<u64>,
+}
+
 fn watch(
     shared: &Shared,
     deadline: Instant,
     disk: Option<(PathBuf, u64, u64)>,
+    tree_caps: TreeCaps,
     done: &mpsc::Receiver<()>,
 ) {
     let mut next_disk = Instant::now();
+    let mut next_tree = Instant::now();
     loop {
         match done.recv_timeout(TICK) {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -325,6 +366,21 @@ fn watch(
                 }
                 next_disk = Instant::now() + DISK_POLL;
             }
+        }
+        if (tree_caps.memory_bytes.is_some() || tree_caps.tasks.is_some()) && now >= next_tree {
+            let usage = crate::tree::usage(shared.pgid);
+            if tree_caps
+                .memory_bytes
+                .is_some_and(|max| usage.anon_bytes > max)
+            {
+                shared.kill(Status::MemoryLimit);
+                return;
+            }
+            if tree_caps.tasks.is_some_and(|max| usage.tasks > max) {
+                shared.kill(Status::PidsLimit);
+                return;
+            }
+            next_tree = Instant::now() + TREE_POLL;
         }
     }
 }
@@ -590,7 +646,11 @@ fn validate(spec: &SandboxSpec) -> Result<(), SandboxError> {
         ));
     }
     for b in &spec.ro_binds {
-        if !guest_ok(&b.guest) || b.guest == Path::new("/") {
+        if !guest_ok(&b.guest)
+            || b.guest == Path::new("/")
+            || b.guest.starts_with("/dev")
+            || b.guest.starts_with("/proc")
+        {
             return bad(format!(
                 "bind target {} is not a plain absolute path",
                 b.guest.display()
@@ -675,6 +735,16 @@ pub(crate) fn bwrap_args(spec: &SandboxSpec, seccomp_fd: RawFd) -> Vec<OsString>
         push(&[s("--dev-bind"), d.as_os_str(), d.as_os_str()]);
     }
     push(&[
+        // /dev is a tmpfs of bwrap's with no size: give shared memory its own
+        // sized tmpfs, then make the rest of /dev read-only.
+        s("--perms"),
+        s("1777"),
+        s("--size"),
+        OsStr::new(&tmp_size),
+        s("--tmpfs"),
+        s("/dev/shm"),
+        s("--remount-ro"),
+        s("/dev"),
         s("--size"),
         OsStr::new(&tmp_size),
         s("--tmpfs"),

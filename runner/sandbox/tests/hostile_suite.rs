@@ -262,7 +262,7 @@ fn fork_bomb_hits_the_pids_limit() {
     };
     let j = job(&l);
     let (outcome, _) = run_all(&j.spec(fx, "bombs", &["forkbomb"], &l));
-    if enforced(&outcome, "cgroup-pids") {
+    if enforced(&outcome, "cgroup-pids") || enforced(&outcome, "watchdog-pids") {
         assert_eq!(outcome.status, Status::PidsLimit, "{outcome:?}");
         assert!(outcome.status.describe(&l).contains("too many processes"));
     } else {
@@ -291,16 +291,17 @@ fn memory_bomb_hits_the_memory_limit() {
     let Some(fx) = fixture() else { return };
     let j = job(&limits());
     let (outcome, _) = run_all(&j.spec(fx, "bombs", &["membomb"], &limits()));
+    // The cgroup, or (without one) the watchdog's measure of the tree.
+    assert_eq!(outcome.status, Status::MemoryLimit, "{outcome:?}");
+    assert_eq!(
+        outcome.status.describe(&limits()),
+        "ran out of memory (limit 256 MiB) and was stopped"
+    );
     if enforced(&outcome, "cgroup-memory") {
-        assert_eq!(outcome.status, Status::MemoryLimit, "{outcome:?}");
-        assert_eq!(
-            outcome.status.describe(&limits()),
-            "ran out of memory (limit 256 MiB) and was stopped"
-        );
         let peak = outcome.peak_memory_bytes.expect("peak memory");
         assert!((200 << 20..=260 << 20).contains(&peak), "peak {peak}");
     } else {
-        eprintln!("no memory cgroup on this host: {:?}", outcome.status);
+        assert!(enforced(&outcome, "watchdog-memory"), "{outcome:?}");
     }
     assert_host_fine(fx, &j.token);
 }
@@ -353,6 +354,27 @@ fn filling_the_disk_hits_the_disk_limit() {
     if j.work.is_tmpfs() {
         assert!(outcome.stderr_tail.contains("No space left"), "{outcome:?}");
     }
+    assert_host_fine(fx, &j.token);
+}
+
+#[test]
+fn filling_tmp_and_shared_memory_stops_at_their_size() {
+    let Some(fx) = fixture() else { return };
+    let j = job(&limits());
+    let (outcome, lines) = run_all(&j.sh(
+        "for d in /tmp /dev/shm; do head -c 16777216 /dev/zero > $d/fill 2>/dev/null; \
+         echo \"$d $(wc -c < $d/fill)\"; rm $d/fill; done",
+        &limits(),
+    ));
+    assert!(outcome.status.success(), "{outcome:?}");
+    // Each is capped at tmp_bytes (8 MiB), short of the 16 MiB written.
+    for (line, dir) in lines.iter().zip(["/tmp", "/dev/shm"]) {
+        let (d, n) = line.split_once(' ').expect("two fields");
+        assert_eq!(d, dir);
+        let n: u64 = n.trim().parse().expect("bytes");
+        assert!(n <= 8 << 20, "{line}");
+    }
+    assert_eq!(lines.len(), 2, "{lines:?}");
     assert_host_fine(fx, &j.token);
 }
 
@@ -587,6 +609,9 @@ fn writes_outside_work_do_not_reach_the_host() {
     assert!(!wrote(&format!("/usr/bin/sanhak-escape-{t}")), "{lines:?}");
     assert!(!wrote(&format!("/sanhak-escape-{t}")), "{lines:?}");
     assert!(!wrote(&format!("/proc/sanhak-escape-{t}")), "{lines:?}");
+    assert!(!wrote(&format!("/dev/sanhak-escape-{t}")), "{lines:?}");
+    // Shared memory works (a private, sized tmpfs).
+    assert!(wrote(&format!("/dev/shm/sanhak-escape-{t}")), "{lines:?}");
     // The private /tmp takes the write; the host /tmp does not see it.
     assert!(wrote(&format!("/tmp/sanhak-escape-{t}")), "{lines:?}");
     assert!(wrote(&format!("/work/sanhak-escape-{t}")), "{lines:?}");
@@ -747,5 +772,17 @@ fn a_command_that_cannot_start_is_an_infrastructure_error() {
         &limits(),
     ));
     assert_eq!(outcome.status, Status::Exited { code: 1 });
+    assert_host_fine(fx, &j.token);
+}
+
+#[test]
+fn a_panicking_callback_does_not_leave_the_job_running() {
+    let Some(fx) = fixture() else { return };
+    let j = job(&limits());
+    let spec = j.spec(fx, "bombs", &["events"], &limits());
+    let result = std::panic::catch_unwind(|| {
+        let _ = run(&spec, &mut |_| panic!("caller bug"));
+    });
+    assert!(result.is_err());
     assert_host_fine(fx, &j.token);
 }

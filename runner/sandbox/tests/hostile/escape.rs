@@ -130,6 +130,8 @@ fn main() {
                 format!("/work/sanhak-escape-{token}"),
                 format!("/sanhak-escape-{token}"),
                 format!("/proc/sanhak-escape-{token}"),
+                format!("/dev/sanhak-escape-{token}"),
+                format!("/dev/shm/sanhak-escape-{token}"),
             ] {
                 match std::fs::write(&path, b"escaped") {
                     Ok(()) => println!("WROTE {path}"),
