@@ -80,7 +80,10 @@ fn main() {
             let needle: String = args[2].chars().rev().collect();
             let needle = needle.as_bytes();
             let pid1 = std::fs::read("/proc/1/environ");
-            println!("PID1_ENVIRON {:?}", pid1.map(|b| b.len()).map_err(|e| e.to_string()));
+            println!(
+                "PID1_ENVIRON {:?}",
+                pid1.map(|b| b.len()).map_err(|e| e.to_string())
+            );
             let cmdline = std::fs::read("/proc/1/cmdline").unwrap_or_default();
             let cmdline: String = String::from_utf8_lossy(&cmdline).replace('\0', " ");
             println!("PID1_CMDLINE {}", cmdline.trim());
@@ -142,13 +145,19 @@ fn main() {
         Some("ptrace") => {
             // SAFETY: plain syscalls; the child only pauses.
             unsafe {
-                report("TRACEME", ptrace(0, 0, std::ptr::null_mut(), std::ptr::null_mut()));
+                report(
+                    "TRACEME",
+                    ptrace(0, 0, std::ptr::null_mut(), std::ptr::null_mut()),
+                );
                 let child = fork();
                 if child == 0 {
                     pause();
                     std::process::exit(0);
                 }
-                report("ATTACH", ptrace(16, child, std::ptr::null_mut(), std::ptr::null_mut()));
+                report(
+                    "ATTACH",
+                    ptrace(16, child, std::ptr::null_mut(), std::ptr::null_mut()),
+                );
                 kill(child, 9);
             }
         }
@@ -176,8 +185,14 @@ fn main() {
                 let fstype = CString::new("tmpfs").expect("cstring");
                 report(
                     "MOUNT",
-                    mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
-                        .into(),
+                    mount(
+                        src.as_ptr(),
+                        target.as_ptr(),
+                        fstype.as_ptr(),
+                        0,
+                        std::ptr::null(),
+                    )
+                    .into(),
                 );
             }
             // An ordinary thread (clone without namespace flags) still works.

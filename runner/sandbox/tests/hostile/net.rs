@@ -38,7 +38,10 @@ fn main() {
             }
         },
         Some("ifaces") => {
-            println!("{}", std::fs::read_to_string("/proc/net/dev").unwrap_or_default());
+            println!(
+                "{}",
+                std::fs::read_to_string("/proc/net/dev").unwrap_or_default()
+            );
         }
         other => {
             eprintln!("unknown case {other:?}");
