@@ -93,6 +93,13 @@ pub struct SandboxSpec {
     pub uid: u32,
     /// gid inside the user namespace.
     pub gid: u32,
+    /// The host account (uid, gid) that bwrap, and so every process of the
+    /// job, runs as; `None`: the worker's own. A root worker should name an
+    /// unprivileged account here, so that the job is not host root even
+    /// outside its user namespace. That account must be able to reach the
+    /// work folder (create it with [`WorkDir::create_owned`]) and read the
+    /// bind sources (every parent folder traversable).
+    pub host_user: Option<(u32, u32)>,
 }
 
 /// The guest path where the work folder is mounted.
@@ -111,6 +118,7 @@ impl SandboxSpec {
             limits: Limits::default(),
             uid: 1000,
             gid: 1000,
+            host_user: None,
         }
     }
 }

@@ -55,7 +55,10 @@ pub fn run(
     let cgroup = JobCgroup::create(limits);
     let work_tmpfs = is_tmpfs_mount(&spec.work);
     // SAFETY: getuid cannot fail and has no preconditions.
-    let root = unsafe { libc::getuid() } == 0;
+    let root = spec
+        .host_user
+        .map_or(unsafe { libc::getuid() }, |(uid, _)| uid)
+        == 0;
     let nproc = (!root
         && cgroup
             .as_ref()
@@ -124,6 +127,12 @@ pub fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    if let Some((uid, gid)) = spec.host_user {
+        // std drops supplementary groups and switches ids before our
+        // pre_exec runs; the cgroup fds were opened before, so joining
+        // still works, and rlimits can always be lowered.
+        cmd.uid(uid).gid(gid);
+    }
     let procs_fds: Vec<RawFd> = cgroup
         .as_ref()
         .map(JobCgroup::procs_fds)

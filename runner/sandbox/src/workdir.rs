@@ -27,6 +27,17 @@ impl WorkDir {
     /// Creates `path` (which must not exist yet, or be an empty folder) and
     /// mounts a private tmpfs there when the host allows it.
     pub fn create(path: &Path, limits: &Limits) -> io::Result<WorkDir> {
+        Self::create_owned(path, limits, None)
+    }
+
+    /// As [`WorkDir::create`], owned by `owner` (host uid, gid) instead of
+    /// this process: for jobs run with [`crate::SandboxSpec::host_user`].
+    /// Changing the owner needs root.
+    pub fn create_owned(
+        path: &Path,
+        limits: &Limits,
+        owner: Option<(u32, u32)>,
+    ) -> io::Result<WorkDir> {
         match std::fs::create_dir(path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -39,10 +50,14 @@ impl WorkDir {
             }
             Err(e) => return Err(e),
         }
-        // Owned by us with mode 0700: whoever runs bwrap (us) maps to the
-        // sandbox uid inside, so the job can write and nobody else on the host can.
+        // Owned by whoever runs bwrap (us, or `owner`), mode 0700: that
+        // account maps to the sandbox uid inside, so the job can write and
+        // nobody else on the host can.
         std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-        let tmpfs = match mount_tmpfs(path, limits) {
+        // SAFETY: geteuid/getegid cannot fail and have no preconditions.
+        let (uid, gid) = owner.unwrap_or_else(|| unsafe { (libc::geteuid(), libc::getegid()) });
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+        let tmpfs = match mount_tmpfs(path, limits, uid, gid) {
             Ok(()) => true,
             Err(e) => {
                 tracing::debug!(path = %path.display(), error = %e,
@@ -85,9 +100,7 @@ impl Drop for WorkDir {
     }
 }
 
-fn mount_tmpfs(path: &Path, limits: &Limits) -> io::Result<()> {
-    // SAFETY: geteuid/getegid cannot fail and have no preconditions.
-    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+fn mount_tmpfs(path: &Path, limits: &Limits, uid: u32, gid: u32) -> io::Result<()> {
     let options = format!(
         "size={},nr_inodes={},mode=0700,uid={uid},gid={gid}",
         limits.work_bytes.max(4096),

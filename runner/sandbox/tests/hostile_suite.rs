@@ -10,6 +10,7 @@
 //! Every case is skipped (with a message) when bwrap is not installed.
 
 use std::ffi::OsString;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -53,6 +54,8 @@ fn fixture() -> Option<&'static Fixture> {
                 _dir: dir,
             };
         }
+        // Reachable by the unprivileged host account of the host_user test.
+        std::fs::set_permissions(dir.path(), PermissionsExt::from_mode(0o755)).expect("chmod");
         let progs = dir.path().join("progs");
         std::fs::create_dir(&progs).expect("mkdir progs");
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hostile");
@@ -785,4 +788,62 @@ fn a_panicking_callback_does_not_leave_the_job_running() {
     });
     assert!(result.is_err());
     assert_host_fine(fx, &j.token);
+}
+
+#[test]
+fn jobs_can_run_as_an_unprivileged_host_account() {
+    let Some(fx) = fixture() else { return };
+    // Only root can switch to another account.
+    if !std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+    {
+        eprintln!("skipping: not root, cannot run jobs as another host account");
+        return;
+    }
+    let nobody = (65534, 65534);
+    let l = limits();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), PermissionsExt::from_mode(0o711)).expect("chmod");
+    let work = WorkDir::create_owned(&dir.path().join("work"), &l, Some(nobody)).expect("workdir");
+    let token = format!("sanhak-case-hostuser-{}", std::process::id());
+    let mut spec = SandboxSpec::new(
+        vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "id -u; echo hi > /work/out.txt".into(),
+            "sh".into(),
+            token.clone().into(),
+        ],
+        work.path(),
+    );
+    spec.limits = l.clone();
+    spec.host_user = Some(nobody);
+    let (outcome, lines) = run_all(&spec);
+    assert!(outcome.status.success(), "{outcome:?} {lines:?}");
+    assert_eq!(lines[0], "1000");
+    // Inside uid 1000 is host uid 65534, not host root: what it writes is
+    // owned by that account on the host.
+    let meta = std::fs::metadata(work.path().join("out.txt")).expect("output");
+    assert_eq!((meta.uid(), meta.gid()), nobody);
+    assert_eq!(
+        read_output(work.path(), "out.txt", 100).expect("read"),
+        b"hi\n"
+    );
+    // The hostile programs run the same way.
+    let mut spec = SandboxSpec::new(
+        vec![
+            "/opt/case/escape".into(),
+            "ptrace".into(),
+            token.clone().into(),
+        ],
+        work.path(),
+    );
+    spec.ro_binds.push(Bind::new(&fx.progs, "/opt/case"));
+    spec.limits = l;
+    spec.host_user = Some(nobody);
+    let (outcome, lines) = run_all(&spec);
+    assert!(outcome.status.success(), "{outcome:?}");
+    assert_eq!(lines, ["TRACEME DENIED 1", "ATTACH DENIED 1"]);
+    assert_host_fine(fx, &token);
 }
