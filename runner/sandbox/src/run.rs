@@ -206,12 +206,18 @@ pub fn run(
     // stderr: keep only the tail, never block the child.
     let (stderr_tx, stderr_rx) = mpsc::channel();
     let stderr_cap = usize::try_from(limits.stderr_bytes).unwrap_or(usize::MAX);
+    // From here on, an early error must not leave the job running.
+    let abort = |context: &'static str, source: io::Error| {
+        shared.kill(Status::Stopped);
+        let _ = wait_exit(pid, &shared);
+        SandboxError::Setup { context, source }
+    };
     thread::Builder::new()
         .name("sandbox-stderr".into())
         .spawn(move || {
             let _ = stderr_tx.send(read_tail(stderr, stderr_cap));
         })
-        .map_err(SandboxError::setup("starting the stderr reader"))?;
+        .map_err(|e| abort("starting the stderr reader", e))?;
 
     // Watchdog: wall clock, and disk caps when /work is a plain folder.
     let (done_tx, done_rx) = mpsc::channel::<()>();
@@ -223,7 +229,7 @@ pub fn run(
         thread::Builder::new()
             .name("sandbox-watchdog".into())
             .spawn(move || watch(&shared, deadline, disk, tree_caps, &done_rx))
-            .map_err(SandboxError::setup("starting the watchdog"))?
+            .map_err(|e| abort("starting the watchdog", e))?
     };
 
     // If the caller's callback panics, the job must not outlive `run`:
