@@ -659,6 +659,27 @@ fn namespaces_mounts_and_personality_are_denied() {
 #[test]
 fn setuid_binaries_do_not_grant_root() {
     let Some(fx) = fixture() else { return };
+    // A setuid-root copy of `id`, made here (as root) and bound read-only.
+    let is_root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    if is_root {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(dir.path(), PermissionsExt::from_mode(0o755)).expect("chmod");
+        let suid_id = dir.path().join("suid-id");
+        std::fs::copy("/usr/bin/id", &suid_id).expect("copy id");
+        std::fs::set_permissions(&suid_id, PermissionsExt::from_mode(0o4755)).expect("setuid");
+        assert_eq!(std::fs::metadata(&suid_id).expect("meta").uid(), 0);
+        let j = job(&limits());
+        let mut spec = j.sh("/opt/suid/suid-id -u; /opt/suid/suid-id -ru", &limits());
+        spec.ro_binds.push(Bind::new(dir.path(), "/opt/suid"));
+        let (outcome, lines) = run_all(&spec);
+        assert!(outcome.status.success(), "{outcome:?}");
+        assert_eq!(
+            lines,
+            ["1000", "1000"],
+            "effective and real uid stay the job's"
+        );
+        assert_host_fine(fx, &j.token);
+    }
     let Some(su) = [
         "/usr/bin/su",
         "/usr/bin/passwd",
