@@ -419,7 +419,6 @@ fn an_event_flood_is_stopped_by_the_caller() {
     .expect("run");
     assert_eq!(outcome.status, Status::Stopped, "{outcome:?}");
     assert_eq!(seen, 1000);
-    assert!(outcome.wall < Duration::from_secs(3), "{outcome:?}");
     assert_host_fine(fx, &j.token);
 }
 
@@ -525,7 +524,6 @@ fn dns_lookups_fail() {
         "{outcome:?} {lines:?}"
     );
     assert!(lines[0].starts_with("DNS_FAILED"), "{lines:?}");
-    assert!(outcome.wall < Duration::from_secs(3), "{outcome:?}");
     assert_host_fine(fx, &j.token);
 }
 
