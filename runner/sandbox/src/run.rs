@@ -518,7 +518,8 @@ fn wait_exit(pid: libc::pid_t, shared: &Shared) -> io::Result<(libc::c_int, libc
             return Err(e);
         }
     }
-    let _guard = shared.reaped.lock().map(|mut r| *r = true);
+    // From now on nobody may signal the group: its id may be recycled.
+    let _ = shared.reaped.lock().map(|mut r| *r = true);
     loop {
         let mut status: libc::c_int = 0;
         // SAFETY: an all-zero rusage is valid; wait4 writes into it.
