@@ -48,6 +48,44 @@ pub enum Command {
     /// Benchmarks: training throughput against PyTorch.
     #[command(subcommand)]
     Bench(sanhak_runner::bench::BenchCommand),
+    /// Run a runner: claim jobs from the app over HTTP, train them in the
+    /// sandbox and grade them.
+    Worker(WorkerArgs),
+    /// Runner tokens (site admins).
+    #[command(subcommand)]
+    Runner(RunnerCommand),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct WorkerArgs {
+    /// The app's base URL.
+    #[arg(long, env = "SANHAK_SERVER")]
+    server: String,
+    /// This runner's token (from `sanhak runner add`).
+    #[arg(long, env = "SANHAK_RUNNER_TOKEN", hide_env_values = true)]
+    token: String,
+    /// A name for people. Default: the host name.
+    #[arg(long)]
+    name: Option<String>,
+    /// CPU slots (threads) to offer. Default: the number of CPUs.
+    #[arg(long)]
+    cpu_slots: Option<u32>,
+    /// Labels to advertise (e.g. `cpu-only`).
+    #[arg(long, value_delimiter = ',')]
+    labels: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RunnerCommand {
+    /// Create a runner token (printed once).
+    Add {
+        /// A name for the runner host.
+        name: String,
+    },
+    /// List runners, their capacity and when they were last seen.
+    List,
+    /// Revoke a runner's token, by id or name.
+    Revoke { id_or_name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -98,6 +136,14 @@ pub fn main() -> anyhow::Result<()> {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    // `lab` commands also run inside the sandbox: they read settings but
+    // create nothing (no data folder, no session key).
+    if let Command::Lab(cmd) = cli.command {
+        let paths = cli.settings.paths()?;
+        telemetry::init(&paths.log);
+        let models_dir = paths.data_dir.join("models");
+        return tokio::task::spawn_blocking(move || cmd.run(&paths.labs_dir, &models_dir)).await?;
+    }
     let config = cli.settings.resolve()?;
     telemetry::init(&config.log);
     match cli.command {
@@ -119,11 +165,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 None => Ok(()),
             }
         }
-        // Training and downloads are blocking work: keep them off the runtime's workers.
-        Command::Lab(cmd) => {
-            let labs_dir = config.labs_dir.clone();
-            let models_dir = config.data_dir.join("models");
-            tokio::task::spawn_blocking(move || cmd.run(&labs_dir, &models_dir)).await?
+        Command::Lab(_) => unreachable!("handled above"),
+        Command::Worker(args) => {
+            let executor = crate::worker::default_executor(&config)?;
+            let cpu_slots = args.cpu_slots.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+            });
+            let worker = crate::worker::WorkerConfig {
+                server: args.server,
+                token: crate::config::Secret::new(args.token),
+                name: args.name.unwrap_or_else(crate::worker::host_name),
+                cpu_slots,
+                gpus: Vec::new(),
+                labels: args.labels,
+                cache_dir: config.data_dir.join("lab-cache"),
+                executor,
+            };
+            crate::worker::run(worker, crate::startup::shutdown_signal()).await
+        }
+        Command::Runner(cmd) => {
+            let db = Db::connect(config.database_url.expose()).await?;
+            db.migrate().await?;
+            runner_command(&db, cmd).await
         }
         Command::Bench(cmd) => {
             let labs_dir = config.labs_dir.clone();
@@ -160,6 +223,40 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
         }
     }
+}
+
+async fn runner_command(db: &Db, cmd: RunnerCommand) -> anyhow::Result<()> {
+    use crate::db::runners;
+    match cmd {
+        RunnerCommand::Add { name } => {
+            let (id, token) = runners::create(db, &name, None).await?;
+            println!("runner {name} ({id})");
+            println!("token: {token}");
+            println!("(shown once; start it with `sanhak worker --server URL --token TOKEN`)");
+        }
+        RunnerCommand::List => {
+            for r in runners::list(db).await? {
+                let state = if r.revoked_at.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
+                let seen = r
+                    .last_seen_at
+                    .map_or_else(|| "never".to_owned(), |t| format!("{t}"));
+                println!(
+                    "{}  {:<20} {:<8} last seen {seen}  {}",
+                    r.id, r.name, state, r.capacity
+                );
+            }
+        }
+        RunnerCommand::Revoke { id_or_name } => {
+            let n = runners::revoke(db, &id_or_name).await?;
+            anyhow::ensure!(n > 0, "no active runner with id or name {id_or_name}");
+            println!("revoked {n} runner token(s)");
+        }
+    }
+    Ok(())
 }
 
 async fn add_user(
@@ -234,7 +331,15 @@ impl Application {
             Application::build(config).await?
         };
         let seeded = demo::seed(&app.state.db).await?;
-        print_logins(Some(app.local_addr()?), &seeded);
+        demo::offer_labs(
+            &app.state.db,
+            &seeded.course_id,
+            &app.state.queue.catalog.ids(),
+        )
+        .await?;
+        let addr = app.local_addr()?;
+        crate::worker::spawn_in_process(&app.state, addr).await?;
+        print_logins(Some(addr), &seeded);
         Ok(Some(app))
     }
 }

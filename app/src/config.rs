@@ -69,6 +69,23 @@ pub struct Settings {
     /// Folder of lab packages. Default: `./labs`.
     #[arg(long, env = "SANHAK_LABS_DIR", global = true)]
     pub labs_dir: Option<PathBuf>,
+    /// Seconds a runner's lease on a job lasts without a heartbeat; an expired
+    /// lease puts the job back on the queue. Default: 30.
+    #[arg(long, env = "SANHAK_LEASE_SECONDS", global = true)]
+    pub lease_seconds: Option<u64>,
+    /// Tries of a job whose runner vanishes before it is marked not gradable. Default: 3.
+    #[arg(long, env = "SANHAK_MAX_ATTEMPTS", global = true)]
+    pub max_attempts: Option<u32>,
+    /// Jobs one student may have running at once in one course. Default: 1.
+    #[arg(long, env = "SANHAK_MAX_RUNNING_PER_STUDENT", global = true)]
+    pub max_running_per_student: Option<u32>,
+    /// Jobs of a lab due within this many hours run first. Default: 6.
+    #[arg(long, env = "SANHAK_DEADLINE_PRIORITY_HOURS", global = true)]
+    pub deadline_priority_hours: Option<u32>,
+    /// Scale of every lab's training steps (1.0 grades as the lab says; the
+    /// demo uses less so a run takes seconds). Default: 1.0.
+    #[arg(long, env = "SANHAK_JOB_STEP_SCALE", global = true)]
+    pub job_step_scale: Option<f64>,
 }
 
 /// The optional `sanhak.toml`; every key mirrors a flag.
@@ -84,6 +101,11 @@ struct FileSettings {
     trust_proxy: Option<bool>,
     log: Option<String>,
     labs_dir: Option<PathBuf>,
+    lease_seconds: Option<u64>,
+    max_attempts: Option<u32>,
+    max_running_per_student: Option<u32>,
+    deadline_priority_hours: Option<u32>,
+    job_step_scale: Option<f64>,
 }
 
 /// The resolved configuration.
@@ -98,6 +120,25 @@ pub struct Config {
     pub trust_proxy: bool,
     pub log: String,
     pub labs_dir: PathBuf,
+    pub queue: QueueSettings,
+}
+
+/// Folders and log filter (see [`Settings::paths`]).
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub data_dir: PathBuf,
+    pub labs_dir: PathBuf,
+    pub log: String,
+}
+
+/// The job queue's policy.
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    pub lease_seconds: u64,
+    pub max_attempts: u32,
+    pub max_running_per_student: u32,
+    pub deadline_priority_hours: u32,
+    pub step_scale: f64,
 }
 
 const DEFAULT_CONFIG_FILE: &str = "sanhak.toml";
@@ -105,6 +146,25 @@ const SESSION_KEY_FILE: &str = "session.key";
 const MIN_SECRET_LEN: usize = 64;
 
 impl Settings {
+    /// The folders and log filter only, with no side effects (nothing is
+    /// created): what `sanhak lab …` needs, also inside a sandbox.
+    pub fn paths(&self) -> anyhow::Result<Paths> {
+        let file = match &self.config {
+            Some(path) => read_file(path)?,
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+                read_file(Path::new(DEFAULT_CONFIG_FILE))?
+            }
+            None => FileSettings::default(),
+        };
+        Ok(Paths {
+            data_dir: pick(self.data_dir.clone(), file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("data")),
+            labs_dir: pick(self.labs_dir.clone(), file.labs_dir)
+                .unwrap_or_else(|| PathBuf::from("labs")),
+            log: pick(self.log.clone(), file.log).unwrap_or_else(|| "info".to_owned()),
+        })
+    }
+
     /// Resolves flags, environment, file and defaults into a [`Config`],
     /// creating the data folder and the stored session key when needed.
     pub fn resolve(&self) -> anyhow::Result<Config> {
@@ -144,6 +204,30 @@ impl Settings {
             log: pick(self.log.clone(), file.log).unwrap_or_else(|| "info".to_owned()),
             labs_dir: pick(self.labs_dir.clone(), file.labs_dir)
                 .unwrap_or_else(|| PathBuf::from("labs")),
+            queue: QueueSettings {
+                lease_seconds: pick(self.lease_seconds, file.lease_seconds)
+                    .unwrap_or(30)
+                    .max(1),
+                max_attempts: pick(self.max_attempts, file.max_attempts)
+                    .unwrap_or(3)
+                    .max(1),
+                max_running_per_student: pick(
+                    self.max_running_per_student,
+                    file.max_running_per_student,
+                )
+                .unwrap_or(1)
+                .max(1),
+                deadline_priority_hours: pick(
+                    self.deadline_priority_hours,
+                    file.deadline_priority_hours,
+                )
+                .unwrap_or(6),
+                step_scale: match pick(self.job_step_scale, file.job_step_scale) {
+                    Some(s) if s.is_finite() && s > 0.0 && s <= 1.0 => s,
+                    Some(_) => anyhow::bail!("job_step_scale must be in (0, 1]"),
+                    None => 1.0,
+                },
+            },
         })
     }
 }

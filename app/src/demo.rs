@@ -141,3 +141,13 @@ pub async fn seed(db: &Db) -> anyhow::Result<Seeded> {
         join_code: course.join_code,
     })
 }
+
+/// Offers every lab of the catalog in the demo course (keeping deadlines set since).
+pub async fn offer_labs(db: &Db, course_id: &str, lab_ids: &[String]) -> anyhow::Result<()> {
+    for id in lab_ids {
+        if crate::db::labs::get(db, course_id, id).await?.is_none() {
+            crate::db::labs::add(db, course_id, id, None).await?;
+        }
+    }
+    Ok(())
+}

@@ -28,6 +28,13 @@ pub enum AppError {
     /// Field errors from an API request body: (field, message key).
     #[error("validation failed")]
     Validation(Vec<(&'static str, MessageKey)>),
+    /// A submission or request the server understood but cannot accept; the
+    /// message says exactly what is wrong (it may name fields).
+    #[error("{0}")]
+    Unprocessable(String),
+    /// The service cannot take this now (e.g. no runner can ever fit the job).
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -54,7 +61,10 @@ impl AppError {
             AppError::Forbidden | AppError::Csrf => StatusCode::FORBIDDEN,
             AppError::LoginRequired { .. } => StatusCode::UNAUTHORIZED,
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            AppError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            AppError::Validation(_) | AppError::Unprocessable(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -68,6 +78,8 @@ impl AppError {
             AppError::Forbidden => "forbidden",
             AppError::Csrf => "csrf",
             AppError::Validation(_) => "validation_failed",
+            AppError::Unprocessable(_) => "unprocessable",
+            AppError::Unavailable(_) => "unavailable",
             AppError::LoginRequired { .. } => "unauthorized",
             AppError::BadRequest(key) | AppError::Conflict(key) => key,
             AppError::TooManyRequests { .. } => "too_many_requests",
@@ -92,6 +104,7 @@ impl AppError {
             AppError::TooManyRequests { retry_after } => {
                 format!("too many attempts; retry in {retry_after} s")
             }
+            AppError::Unprocessable(m) | AppError::Unavailable(m) => m.clone(),
             AppError::Internal(_) => "internal error".into(),
         }
     }

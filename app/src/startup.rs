@@ -11,7 +11,9 @@ use tokio::net::TcpListener;
 
 use crate::auth::store::Store;
 use crate::config::Config;
+use crate::db::jobs::QueuePolicy;
 use crate::db::Db;
+use crate::queue::{self, LabCatalog, Queue};
 use crate::state::AppState;
 use crate::web::{self, metrics::Metrics};
 
@@ -26,10 +28,22 @@ pub async fn prepare_state(config: Config) -> anyhow::Result<(AppState, Store)> 
     let db = Db::connect(config.database_url.expose()).await?;
     db.migrate().await?;
     let store = Store::connect(config.database_url.expose()).await?;
+    let labs_dir = config.labs_dir.clone();
+    let catalog = tokio::task::spawn_blocking(move || LabCatalog::load(&labs_dir)).await??;
+    let q = &config.queue;
+    let policy = QueuePolicy {
+        lease_ms: q.lease_seconds as i64 * 1000,
+        max_attempts: i64::from(q.max_attempts),
+        max_running_per_student: i64::from(q.max_running_per_student),
+        deadline_window_ms: i64::from(q.deadline_priority_hours) * 3_600_000,
+        ..QueuePolicy::default()
+    };
+    let queue = Arc::new(Queue::new(policy, catalog, q.step_scale));
     let state = AppState {
         db,
         config: Arc::new(config),
         metrics: Arc::new(Metrics::new()?),
+        queue,
     };
     Ok((state, store))
 }
@@ -49,6 +63,9 @@ impl Application {
                 }
             }
         });
+        let reap_every =
+            Duration::from_millis((state.queue.policy.lease_ms / 4).clamp(250, 5_000) as u64);
+        queue::spawn_reaper(state.db.clone(), state.queue.clone(), reap_every);
         let router = web::build_router(state.clone(), store);
         let listener = TcpListener::bind(bind)
             .await
@@ -77,7 +94,8 @@ impl Application {
     }
 }
 
-async fn shutdown_signal() {
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

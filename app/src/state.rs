@@ -6,6 +6,7 @@ use axum::extract::FromRef;
 
 use crate::config::Config;
 use crate::db::Db;
+use crate::queue::Queue;
 use crate::web::metrics::Metrics;
 
 #[derive(Clone)]
@@ -13,6 +14,7 @@ pub struct AppState {
     pub db: Db,
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
+    pub queue: Arc<Queue>,
 }
 
 impl FromRef<AppState> for Db {

@@ -59,7 +59,15 @@ impl StepArgs {
 
     /// Load a lab with the shared models these options allow.
     fn load_lab(&self, dir: &Path, models_dir: &Path) -> anyhow::Result<Lab> {
-        let lab = Lab::load(dir)?;
+        self.with_models(Lab::load(dir)?, models_dir)
+    }
+
+    /// Load the public part of a lab (what a training sandbox sees).
+    fn load_public_lab(&self, dir: &Path, models_dir: &Path) -> anyhow::Result<Lab> {
+        self.with_models(Lab::load_public(dir)?, models_dir)
+    }
+
+    fn with_models(&self, lab: Lab, models_dir: &Path) -> anyhow::Result<Lab> {
         Ok(match self.models_dir(models_dir) {
             Some(m) => lab.with_models_dir(m),
             None => lab,
@@ -387,7 +395,7 @@ impl LabCommand {
                 steps,
             } => {
                 let opts = steps.options()?;
-                let lab = steps.load_lab(&dir, models_dir)?;
+                let lab = steps.load_public_lab(&dir, models_dir)?;
                 let recipe = load_recipe(&lab, &recipe)?;
                 let stdout = std::io::stdout();
                 let mut sink = JsonLinesSink::new(stdout.lock());

@@ -22,5 +22,7 @@ pub mod grade;
 pub mod lab;
 pub mod nn;
 pub mod programs;
+pub mod protocol;
 pub mod recipe;
+pub mod service;
 pub mod train;

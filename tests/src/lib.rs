@@ -104,30 +104,67 @@ pub struct TestApp {
     pub db: Db,
     pub backend: Backend,
     pub test_db: TestDb,
+    pub state: sanhak::state::AppState,
+}
+
+/// The workspace's `labs/` folder.
+pub fn labs_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../labs")
+        .canonicalize()
+        .expect("labs folder")
+}
+
+/// The `sanhak` binary of this build (`target/<profile>/sanhak`), which
+/// `cargo test --workspace` builds for the app's CLI tests.
+pub fn sanhak_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> → target/<profile>/sanhak
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("sanhak"))
+        .expect("target folder");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it with `cargo build -p sanhak` (cargo test --workspace does)",
+        bin.display()
+    );
+    bin
 }
 
 pub const PASSWORD: &str = "correct horse battery";
 
 impl TestApp {
     pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, |_| {}).await
+    }
+
+    /// Like [`TestApp::spawn`], with settings changed by `adjust` (the labs
+    /// folder is the workspace's).
+    pub async fn spawn_with(backend: Backend, adjust: impl FnOnce(&mut Settings)) -> Self {
         let test_db = TestDb::new(backend).await;
-        let settings = Settings {
+        let mut settings = Settings {
             database_url: Some(test_db.url.clone()),
             data_dir: Some(test_db.dir().to_path_buf()),
             bind: Some("127.0.0.1:0".parse().expect("addr")),
             log: Some("warn".into()),
+            labs_dir: Some(labs_dir()),
             ..Settings::default()
         };
+        adjust(&mut settings);
         let config = settings.resolve().expect("config");
         let app = Application::build(config).await.expect("build app");
         let addr = app.local_addr().expect("addr");
         let db = app.state.db.clone();
+        let state = app.state.clone();
         tokio::spawn(app.run_until_stopped());
         TestApp {
             addr,
             db,
             backend,
             test_db,
+            state,
         }
     }
 

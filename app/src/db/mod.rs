@@ -5,7 +5,10 @@
 
 pub mod courses;
 pub mod invites;
+pub mod jobs;
+pub mod labs;
 pub mod orgs;
+pub mod runners;
 pub mod throttle;
 pub mod tokens;
 pub mod users;

@@ -123,6 +123,7 @@ pub fn build_router(state: AppState, store: Store) -> Router {
     Router::new()
         .merge(pages())
         .merge(api)
+        .merge(api::runner::router())
         .route("/api/v1/openapi.json", get(move || async move { Json(openapi.as_ref().clone()) }))
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(metrics::export))

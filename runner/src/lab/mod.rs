@@ -214,9 +214,12 @@ pub struct Lab {
     /// Where shared pretrained models are installed (`<data_dir>/models`), for
     /// programs that use one when it is there (see [`Lab::with_models_dir`]).
     models_dir: Option<PathBuf>,
+    /// Loaded as a sandbox sees it: without `hidden/` and `solution/`.
+    public_only: bool,
 }
 
-fn is_id(s: &str) -> bool {
+/// A valid lab id: lowercase letters, digits and `-`, at most 64.
+pub fn is_lab_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.bytes()
@@ -243,6 +246,27 @@ impl Lab {
 
     /// Load and check a lab folder.
     pub fn load(dir: &Path) -> Result<Lab, LabError> {
+        Self::load_with(dir, false)
+    }
+
+    /// Load a lab package as a training sandbox sees it: the runner hands the
+    /// sandbox only the public part (no `hidden/`, no `solution/`), so those
+    /// are not required here. Everything else is checked as in [`Lab::load`],
+    /// and [`Lab::hidden_file`] fails on such a lab.
+    pub fn load_public(dir: &Path) -> Result<Lab, LabError> {
+        Self::load_with(dir, true)
+    }
+
+    /// Whether a path inside a lab package belongs only to the trusted side
+    /// (hidden splits and the reference solution), never to a sandbox.
+    pub fn is_trusted_only(rel: &Path) -> bool {
+        matches!(
+            rel.components().next(),
+            Some(Component::Normal(top)) if top == HIDDEN_DATA_DIR || top == "solution"
+        )
+    }
+
+    fn load_with(dir: &Path, public_only: bool) -> Result<Lab, LabError> {
         let file = dir.join(MANIFEST_FILE);
         let text = std::fs::read_to_string(&file).map_err(|source| LabError::Io {
             file: file.clone(),
@@ -253,6 +277,7 @@ impl Lab {
             dir: dir.to_path_buf(),
             manifest,
             models_dir: None,
+            public_only,
         };
         lab.check()?;
         Ok(lab)
@@ -288,7 +313,7 @@ impl Lab {
     fn check(&self) -> Result<(), LabError> {
         let m = &self.manifest;
         let file = self.manifest_path();
-        if !is_id(&m.id) {
+        if !is_lab_id(&m.id) {
             return Err(LabError::invalid(
                 &file,
                 "id",
@@ -320,6 +345,9 @@ impl Lab {
             ("starter/", "starter", true),
             ("solution/", "solution", true),
         ] {
+            if self.public_only && rel == "solution" {
+                continue;
+            }
             let p = self.dir.join(rel);
             let ok = if folder { p.is_dir() } else { p.is_file() };
             if !ok {
@@ -337,7 +365,9 @@ impl Lab {
         for (split, roles) in &m.data {
             for (role, rel) in roles {
                 let field = format!("data.{split}.{role}");
-                self.checked_file(rel, &field)?;
+                if !(self.public_only && self.is_hidden_path(rel)) {
+                    self.checked_file(rel, &field)?;
+                }
                 let top = Path::new(rel).components().next();
                 let in_dir = |d: &str| top == Some(Component::Normal(d.as_ref()));
                 if !(in_dir(PUBLIC_DATA_DIR) || in_dir(HIDDEN_DATA_DIR)) {
@@ -529,7 +559,8 @@ impl Lab {
         self.split_file(split, role, false)
     }
 
-    /// A file of a hidden split; only the grader calls this.
+    /// A file of a hidden split; only the grader calls this. On a lab loaded
+    /// with [`Lab::load_public`] the path is checked but the file is absent.
     pub fn hidden_file(&self, split: &str, role: &str) -> Result<PathBuf, LabError> {
         self.split_file(split, role, true)
     }
@@ -555,6 +586,18 @@ impl Lab {
                 "a path under data/"
             };
             return Err(LabError::invalid(&self.manifest_path(), &field, expected));
+        }
+        if hidden && self.public_only {
+            // A sandbox's copy has no hidden files: the declaration is checked,
+            // the file cannot be read here.
+            if !is_safe_relative(rel) {
+                return Err(LabError::invalid(
+                    &self.manifest_path(),
+                    &field,
+                    "a relative path inside the lab folder (no `..`, no leading `/`)",
+                ));
+            }
+            return Ok(self.dir.join(rel));
         }
         self.checked_file(rel, &field)
     }

@@ -4,6 +4,8 @@
 //! `/api/v1/openapi.json` is generated from the handlers and cannot drift.
 
 pub mod courses;
+pub mod jobs;
+pub mod runner;
 
 use axum::extract::{FromRequest, Request};
 use axum::http::header;
@@ -24,7 +26,8 @@ use crate::state::AppState;
     info(title = "Sanhak API", description = "Courses and rosters of the Sanhak lab platform."),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
-    tags((name = "courses", description = "Courses, join codes and rosters"), (name = "account", description = "The caller"))
+    tags((name = "courses", description = "Courses, join codes and rosters"), (name = "account", description = "The caller"),
+        (name = "labs", description = "Labs of a course, submissions and their jobs"))
 )]
 struct ApiDoc;
 
@@ -63,6 +66,12 @@ pub fn router() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(courses::roster))
         .routes(routes!(courses::add_ta))
         .routes(routes!(courses::remove_member))
+        .routes(routes!(jobs::course_labs))
+        .routes(routes!(jobs::offer_lab))
+        .routes(routes!(jobs::submit))
+        .routes(routes!(jobs::get_job))
+        .routes(routes!(jobs::job_events))
+        .routes(routes!(jobs::cancel_job))
         .split_for_parts()
 }
 

@@ -1,0 +1,247 @@
+//! The app side of the runner service: the lab catalog that runners download
+//! packages from, the hub that wakes waiting claims and publishes job events,
+//! and the reaper that requeues jobs whose lease expired.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sanhak_runner::lab::Lab;
+use sanhak_runner::protocol::{self, LabFile, LabPackage, Resources};
+use tokio::sync::{broadcast, Notify};
+
+use crate::db::jobs::{self, QueuePolicy, StoredEvent};
+use crate::db::Db;
+
+/// One lab package as served to runners.
+#[derive(Debug)]
+pub struct CatalogEntry {
+    pub lab: Lab,
+    pub package: LabPackage,
+    /// Content hash → file on disk.
+    blobs: HashMap<String, PathBuf>,
+}
+
+impl CatalogEntry {
+    /// What a job of this lab asks for.
+    pub fn resources(&self) -> Resources {
+        let l = &self.lab.manifest.limits;
+        Resources {
+            cpu_slots: l.threads.max(1),
+            gpu_count: 0,
+            gpu_memory_mb: 0,
+            wall_seconds: l.wall_seconds,
+            memory_mb: l.memory_mb,
+        }
+    }
+
+    /// The file with this content hash, if the package has one.
+    pub fn blob(&self, sha256: &str) -> Option<&Path> {
+        self.blobs.get(sha256).map(PathBuf::as_path)
+    }
+}
+
+/// Every lab package in the labs folder, hashed once at start.
+#[derive(Debug, Default)]
+pub struct LabCatalog {
+    labs: HashMap<String, Arc<CatalogEntry>>,
+}
+
+/// Largest lab package file served (data files are a few MB).
+const MAX_PACKAGE_FILE: u64 = 512 * 1024 * 1024;
+
+impl LabCatalog {
+    /// Loads and hashes every lab under `labs_dir`. A folder that is not a
+    /// valid lab is skipped with a warning (its `lab check` says why).
+    pub fn load(labs_dir: &Path) -> anyhow::Result<LabCatalog> {
+        let mut labs = HashMap::new();
+        let Ok(entries) = std::fs::read_dir(labs_dir) else {
+            tracing::warn!(dir = %labs_dir.display(), "no labs folder: no lab can be submitted");
+            return Ok(LabCatalog::default());
+        };
+        let mut dirs: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.join("lab.toml").is_file())
+            .collect();
+        dirs.sort();
+        for dir in dirs {
+            match Lab::load(&dir) {
+                Ok(lab) => {
+                    let entry = package_of(lab)
+                        .with_context(|| format!("hashing lab package {}", dir.display()))?;
+                    labs.insert(entry.package.id.clone(), Arc::new(entry));
+                }
+                Err(e) => tracing::warn!(error = %e, "skipping a lab package that does not load"),
+            }
+        }
+        Ok(LabCatalog { labs })
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<CatalogEntry>> {
+        self.labs.get(id).cloned()
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.labs.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+}
+
+fn package_of(lab: Lab) -> anyhow::Result<CatalogEntry> {
+    let mut files = Vec::new();
+    let mut blobs = HashMap::new();
+    walk(lab.dir(), Path::new(""), &mut |rel, abs| {
+        let meta = std::fs::metadata(abs)?;
+        anyhow::ensure!(
+            meta.len() <= MAX_PACKAGE_FILE,
+            "{} is larger than {MAX_PACKAGE_FILE} bytes",
+            rel.display()
+        );
+        let bytes = std::fs::read(abs)?;
+        let sha = protocol::sha256_hex(&bytes);
+        let path = rel
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy())
+            .collect::<Vec<_>>()
+            .join("/");
+        files.push(LabFile {
+            path,
+            sha256: sha.clone(),
+            bytes: meta.len(),
+            trusted: Lab::is_trusted_only(rel),
+        });
+        blobs.insert(sha, abs.to_path_buf());
+        Ok(())
+    })?;
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let package = LabPackage {
+        id: lab.id().to_owned(),
+        version: lab.manifest.version.clone(),
+        hash: LabPackage::hash_of(&files),
+        files,
+    };
+    Ok(CatalogEntry {
+        lab,
+        package,
+        blobs,
+    })
+}
+
+/// Regular files under `dir`, skipping dot-files, build outputs (`target/`)
+/// and symlinks (a package never ships one).
+fn walk(
+    root: &Path,
+    rel: &Path,
+    f: &mut dyn FnMut(&Path, &Path) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let dir = root.join(rel);
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)?.filter_map(Result::ok).collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = e.file_name();
+        let name_s = name.to_string_lossy();
+        if name_s.starts_with('.') || name_s == "target" {
+            continue;
+        }
+        let ty = e.file_type()?;
+        let child = rel.join(&name);
+        if ty.is_dir() {
+            walk(root, &child, f)?;
+        } else if ty.is_file() {
+            f(&child, &e.path())?;
+        } else {
+            tracing::warn!(path = %e.path().display(), "skipping a non-regular file in a lab package");
+        }
+    }
+    Ok(())
+}
+
+/// A stored job event, published to subscribers (the live-progress page).
+#[derive(Debug, Clone)]
+pub struct JobUpdate {
+    pub job_id: String,
+    pub event: StoredEvent,
+}
+
+/// Channel capacity for live events; a slow subscriber skips ahead and
+/// re-reads what it missed from the database.
+const EVENT_CHANNEL: usize = 4096;
+
+/// The queue's shared parts.
+pub struct Queue {
+    pub policy: QueuePolicy,
+    pub catalog: LabCatalog,
+    /// Woken when a job is enqueued or requeued, so waiting claims look again.
+    pub work: Notify,
+    pub events: broadcast::Sender<JobUpdate>,
+    /// Longest a claim waits.
+    pub max_wait: Duration,
+    /// Step-count scale given to jobs (1.0 in production; small in the demo).
+    pub step_scale: f64,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("policy", &self.policy)
+            .field("labs", &self.catalog.ids())
+            .finish()
+    }
+}
+
+impl Queue {
+    pub fn new(policy: QueuePolicy, catalog: LabCatalog, step_scale: f64) -> Queue {
+        Queue {
+            policy,
+            catalog,
+            work: Notify::new(),
+            events: broadcast::channel(EVENT_CHANNEL).0,
+            max_wait: Duration::from_secs(25),
+            step_scale,
+        }
+    }
+
+    /// Wakes every waiting claim.
+    pub fn wake(&self) {
+        self.work.notify_waiters();
+    }
+
+    pub fn publish(&self, job_id: &str, events: Vec<StoredEvent>) {
+        for event in events {
+            // No subscriber is fine.
+            let _ = self.events.send(JobUpdate {
+                job_id: job_id.to_owned(),
+                event,
+            });
+        }
+    }
+}
+
+/// Requeues expired leases every `every` until the process ends.
+pub fn spawn_reaper(db: Db, queue: Arc<Queue>, every: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match jobs::reap_expired(&db).await {
+                Ok(r) if r.requeued > 0 || r.not_gradable > 0 => {
+                    tracing::warn!(
+                        requeued = r.requeued,
+                        not_gradable = r.not_gradable,
+                        "expired leases"
+                    );
+                    if r.requeued > 0 {
+                        queue.wake();
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "reaping expired leases"),
+            }
+        }
+    })
+}

@@ -1,0 +1,279 @@
+//! `/api/v1` labs of a course, submissions and their jobs: submit a recipe or
+//! code, follow the job (state, queue position, events), cancel it.
+
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use sanhak_runner::lab::LabKind;
+use sanhak_runner::protocol::SubmissionKind;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::{ApiErrorBody, ApiJson};
+use crate::auth::{CourseInstructor, CourseMember, CurrentUser};
+use crate::db::courses;
+use crate::db::jobs::{self, JobView, NewSubmission};
+use crate::db::labs::{self as db_labs, CourseLab};
+use crate::domain::CourseRole;
+use crate::error::{AppError, AppResult};
+use crate::state::AppState;
+
+/// Largest recipe or source file accepted.
+pub const MAX_SUBMISSION_BYTES: usize = 64 * 1024;
+
+/// The labs a course offers.
+#[utoipa::path(get, path = "/api/v1/courses/{course_id}/labs", tag = "labs",
+    params(("course_id" = String, Path)),
+    responses((status = 200, body = Vec<CourseLab>), (status = 403, body = ApiErrorBody)))]
+pub async fn course_labs(
+    State(state): State<AppState>,
+    access: CourseMember,
+) -> AppResult<Json<Vec<CourseLab>>> {
+    Ok(Json(
+        db_labs::of_course(&state.db, &access.course.id).await?,
+    ))
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct OfferLabBody {
+    /// Deadline (unix seconds); jobs of labs due soon run first.
+    pub due_at: Option<i64>,
+}
+
+/// Offer a lab package in the course (instructors), or change its deadline.
+#[utoipa::path(put, path = "/api/v1/courses/{course_id}/labs/{lab_id}", tag = "labs",
+    params(("course_id" = String, Path), ("lab_id" = String, Path)),
+    request_body = OfferLabBody,
+    responses((status = 200, body = CourseLab), (status = 403, body = ApiErrorBody), (status = 404, body = ApiErrorBody)))]
+pub async fn offer_lab(
+    State(state): State<AppState>,
+    access: CourseInstructor,
+    Path(path): Path<(String, String)>,
+    ApiJson(body): ApiJson<OfferLabBody>,
+) -> AppResult<Json<CourseLab>> {
+    let lab_id = path.1;
+    if state.queue.catalog.get(&lab_id).is_none() {
+        return Err(AppError::NotFound);
+    }
+    db_labs::add(&state.db, &access.course.id, &lab_id, body.due_at).await?;
+    db_labs::get(&state.db, &access.course.id, &lab_id)
+        .await?
+        .map(Json)
+        .ok_or(AppError::NotFound)
+}
+
+/// A submission: exactly one of `recipe` (TOML, recipe labs) or `code` (Rust, code labs).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitBody {
+    pub recipe: Option<String>,
+    pub code: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Submitted {
+    pub submission_id: String,
+    pub job_id: String,
+    pub state: String,
+    /// Jobs ahead of this one.
+    pub queue_position: i64,
+}
+
+/// Submit a recipe or code for a lab of the course. The recipe is checked
+/// against the lab's schema first: a bad one is refused with every problem
+/// named, and nothing is stored.
+#[utoipa::path(post, path = "/api/v1/courses/{course_id}/labs/{lab_id}/submissions", tag = "labs",
+    params(("course_id" = String, Path), ("lab_id" = String, Path)),
+    request_body = SubmitBody,
+    responses((status = 201, body = Submitted), (status = 403, body = ApiErrorBody),
+        (status = 404, body = ApiErrorBody), (status = 422, body = ApiErrorBody)))]
+pub async fn submit(
+    State(state): State<AppState>,
+    access: CourseMember,
+    Path(path): Path<(String, String)>,
+    ApiJson(body): ApiJson<SubmitBody>,
+) -> AppResult<(axum::http::StatusCode, Json<Submitted>)> {
+    let lab_id = path.1;
+    if access.role != Some(CourseRole::Student) && !access.is_staff() {
+        return Err(AppError::Forbidden);
+    }
+    let offered = db_labs::get(&state.db, &access.course.id, &lab_id)
+        .await?
+        .ok_or(AppError::NotFound)?;
+    let entry = state.queue.catalog.get(&lab_id).ok_or(AppError::NotFound)?;
+    let (kind, content) = match (body.recipe, body.code) {
+        (Some(r), None) => (SubmissionKind::Recipe, r),
+        (None, Some(c)) => (SubmissionKind::Code, c),
+        _ => {
+            return Err(AppError::Unprocessable(
+                "send exactly one of `recipe` (TOML) or `code` (Rust source)".into(),
+            ))
+        }
+    };
+    if content.len() > MAX_SUBMISSION_BYTES {
+        return Err(AppError::Unprocessable(format!(
+            "the submission is larger than {} KiB",
+            MAX_SUBMISSION_BYTES / 1024
+        )));
+    }
+    let lab = &entry.lab;
+    match (lab.manifest.kind, kind) {
+        (LabKind::Recipe, SubmissionKind::Recipe) => {
+            let schema = lab
+                .schema()
+                .map_err(|e| AppError::Internal(anyhow::Error::new(e)))?;
+            schema
+                .validate(&content, "recipe.toml")
+                .map_err(|e| AppError::Unprocessable(e.to_string()))?;
+        }
+        (LabKind::Code, SubmissionKind::Code) => {}
+        (LabKind::Recipe, SubmissionKind::Code) => {
+            return Err(AppError::Unprocessable(
+                "this is a recipe lab: send `recipe`, not `code`".into(),
+            ))
+        }
+        (LabKind::Code, SubmissionKind::Recipe) => {
+            return Err(AppError::Unprocessable(
+                "this is a code lab: send `code`, not `recipe`".into(),
+            ))
+        }
+    }
+    let new = NewSubmission {
+        course_id: &access.course.id,
+        lab_id: &lab_id,
+        lab_version: &entry.package.version,
+        lab_hash: &entry.package.hash,
+        user_id: &access.user.id,
+        kind,
+        content: &content,
+        resources: entry.resources(),
+        step_scale: state.queue.step_scale,
+        due_at_ms: offered.due_at.map(|s| s * 1000),
+    };
+    let (submission_id, job_id) = jobs::submit(&state.db, &new, &state.queue.policy).await?;
+    state.queue.wake();
+    let queue_position = jobs::queue_position(&state.db, &job_id).await?.unwrap_or(0);
+    Ok((
+        axum::http::StatusCode::CREATED,
+        Json(Submitted {
+            submission_id,
+            job_id,
+            state: "queued".into(),
+            queue_position,
+        }),
+    ))
+}
+
+/// The job, if the caller may see it: its student, or the course's staff.
+/// Students never see the metric on the whole hidden split.
+async fn visible_job(
+    state: &AppState,
+    user: &crate::db::users::User,
+    job_id: &str,
+) -> AppResult<(JobView, bool)> {
+    let job = jobs::view(&state.db, job_id)
+        .await?
+        .ok_or(AppError::NotFound)?;
+    let role = courses::role_of(&state.db, &job.course_id, &user.id).await?;
+    let staff = user.is_admin() || matches!(role, Some(CourseRole::Instructor | CourseRole::Ta));
+    if job.user_id != user.id && !staff {
+        // Same answer as a missing job: ids of others' jobs are not confirmed.
+        return Err(AppError::NotFound);
+    }
+    let mut job = job;
+    if !staff {
+        job.metric = None;
+    }
+    Ok((job, staff))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct JobOut {
+    #[serde(flatten)]
+    pub job: JobView,
+    /// Jobs ahead of this one while it is queued.
+    pub queue_position: Option<i64>,
+}
+
+/// A job: state, attempts, timing, and the grade once done.
+#[utoipa::path(get, path = "/api/v1/jobs/{job_id}", tag = "labs",
+    params(("job_id" = String, Path)),
+    responses((status = 200, body = JobOut), (status = 404, body = ApiErrorBody)))]
+pub async fn get_job(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    Path(job_id): Path<String>,
+) -> AppResult<Json<JobOut>> {
+    let (job, _) = visible_job(&state, &user, &job_id).await?;
+    let queue_position = jobs::queue_position(&state.db, &job.id).await?;
+    Ok(Json(JobOut {
+        job,
+        queue_position,
+    }))
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct EventsQuery {
+    /// Only events after this sequence number.
+    pub after: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EventOut {
+    pub seq: i64,
+    pub at_ms: i64,
+    /// `event` (a training event) or `log`.
+    pub kind: String,
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+}
+
+/// Events of a job in order (at most 1,000 per call; page with `after`).
+#[utoipa::path(get, path = "/api/v1/jobs/{job_id}/events", tag = "labs",
+    params(("job_id" = String, Path), EventsQuery),
+    responses((status = 200, body = Vec<EventOut>), (status = 404, body = ApiErrorBody)))]
+pub async fn job_events(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    Path(job_id): Path<String>,
+    Query(q): Query<EventsQuery>,
+) -> AppResult<Json<Vec<EventOut>>> {
+    visible_job(&state, &user, &job_id).await?;
+    let events = jobs::events(&state.db, &job_id, q.after, 1000).await?;
+    Ok(Json(
+        events
+            .into_iter()
+            .map(|e| EventOut {
+                seq: e.seq,
+                at_ms: e.at_ms,
+                kind: e.kind,
+                data: serde_json::from_str(&e.data).unwrap_or(serde_json::Value::Null),
+            })
+            .collect(),
+    ))
+}
+
+/// Cancel a job (its student or the course's staff). A running job stops at
+/// its runner's next heartbeat.
+#[utoipa::path(post, path = "/api/v1/jobs/{job_id}/cancel", tag = "labs",
+    params(("job_id" = String, Path)),
+    responses((status = 200, body = JobOut), (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody)))]
+pub async fn cancel_job(
+    State(state): State<AppState>,
+    CurrentUser(user): CurrentUser,
+    Path(job_id): Path<String>,
+) -> AppResult<Json<JobOut>> {
+    let (job, staff) = visible_job(&state, &user, &job_id).await?;
+    let by = if staff && job.user_id != user.id {
+        "staff"
+    } else {
+        "the student"
+    };
+    if jobs::cancel(&state.db, &job_id, by).await?.is_none() {
+        return Err(AppError::Conflict("job_already_finished"));
+    }
+    let (job, _) = visible_job(&state, &user, &job_id).await?;
+    Ok(Json(JobOut {
+        job,
+        queue_position: None,
+    }))
+}

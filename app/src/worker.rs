@@ -1,0 +1,469 @@
+//! `sanhak worker`: a runner that serves one host's CPUs (and GPUs) over the
+//! runner protocol (`runner/PROTOCOL.md`). It registers, long-polls for jobs
+//! that fit its free capacity, and for each job: fetches the lab package by
+//! content hash, trains in the sandbox, grades outside it, and reports, with
+//! heartbeats and batched events while it runs. It survives the app
+//! restarting: every call is retried until the app answers again.
+//!
+//! `sanhak demo` runs one in-process over loopback.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use reqwest::StatusCode;
+use sanhak_runner::protocol::{self, JobEvent, JobSpec, Phase, API_PREFIX};
+use sanhak_runner::service::{Executor, JobControl, JobEnd, LabCache, LabDirs};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::config::Secret;
+
+/// How a worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Base URL of the app, e.g. `http://127.0.0.1:8080`.
+    pub server: String,
+    pub token: Secret,
+    pub name: String,
+    pub cpu_slots: u32,
+    pub gpus: Vec<protocol::Gpu>,
+    pub labels: Vec<String>,
+    /// Lab packages cached by content hash.
+    pub cache_dir: PathBuf,
+    pub executor: Executor,
+}
+
+/// Events sent per batch, and how long a batch waits to fill.
+const EVENT_BATCH: usize = 200;
+const EVENT_FLUSH: Duration = Duration::from_millis(200);
+/// Wait between retries while the app is unreachable.
+const RETRY: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+enum CallError {
+    /// The app answered with this status (and message).
+    #[error("the app answered {status}: {body}")]
+    Status { status: StatusCode, body: String },
+    /// The app could not be reached (it may be restarting).
+    #[error("the app is unreachable: {0}")]
+    Unreachable(#[from] reqwest::Error),
+}
+
+#[derive(Clone)]
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: Secret,
+}
+
+impl Api {
+    async fn post<B: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<Option<R>, CallError> {
+        let r = self
+            .http
+            .post(format!("{}{API_PREFIX}{path}", self.base))
+            .bearer_auth(self.token.expose())
+            .timeout(timeout)
+            .json(body)
+            .send()
+            .await?;
+        Self::decode(r).await
+    }
+
+    async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, CallError> {
+        let r = self
+            .http
+            .get(format!("{}{API_PREFIX}{path}", self.base))
+            .bearer_auth(self.token.expose())
+            .timeout(Duration::from_secs(300))
+            .send()
+            .await?;
+        let status = r.status();
+        if !status.is_success() {
+            let body = r.text().await.unwrap_or_default();
+            return Err(CallError::Status { status, body });
+        }
+        Ok(r.bytes().await?.to_vec())
+    }
+
+    async fn decode<R: DeserializeOwned>(r: reqwest::Response) -> Result<Option<R>, CallError> {
+        let status = r.status();
+        if status == StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            let body = r.text().await.unwrap_or_default();
+            return Err(CallError::Status { status, body });
+        }
+        Ok(Some(r.json().await?))
+    }
+
+    /// Retries a call while the app is unreachable or failing (5xx), up to `patience`.
+    async fn post_retrying<B: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        patience: Duration,
+    ) -> Result<Option<R>, CallError> {
+        let until = tokio::time::Instant::now() + patience;
+        loop {
+            match self.post(path, body, Duration::from_secs(30)).await {
+                Err(CallError::Unreachable(e)) if tokio::time::Instant::now() < until => {
+                    tracing::debug!(error = %e, path, "app unreachable; retrying");
+                }
+                Err(CallError::Status { status, .. })
+                    if status.is_server_error() && tokio::time::Instant::now() < until => {}
+                other => return other,
+            }
+            tokio::time::sleep(RETRY).await;
+        }
+    }
+}
+
+/// Runs the worker until `shutdown` resolves (or the token is refused).
+pub async fn run(
+    config: WorkerConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    tokio::select! {
+        r = serve(config) => r,
+        () = shutdown => Ok(()),
+    }
+}
+
+async fn serve(config: WorkerConfig) -> anyhow::Result<()> {
+    let api = Api {
+        http: reqwest::Client::builder()
+            .build()
+            .context("building the HTTP client")?,
+        base: config.server.trim_end_matches('/').to_owned(),
+        token: config.token.clone(),
+    };
+    let config = Arc::new(config);
+    let free_cpu = Arc::new(AtomicU32::new(config.cpu_slots));
+    let freed = Arc::new(tokio::sync::Notify::new());
+    let registration = protocol::Register {
+        name: config.name.clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        gpus: config.gpus.clone(),
+        cpu_slots: config.cpu_slots,
+        labels: config.labels.clone(),
+    };
+    'register: loop {
+        let registered: protocol::Registered = match api
+            .post("/register", &registration, Duration::from_secs(30))
+            .await
+        {
+            Ok(Some(r)) => r,
+            Ok(None) => anyhow::bail!("the app answered the registration with no body"),
+            Err(CallError::Status { status, body })
+                if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN =>
+            {
+                anyhow::bail!("the app refused this runner's token ({status}): {body}")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "registering; retrying");
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        tracing::info!(runner = %registered.runner_id, server = %api.base, "worker registered");
+        loop {
+            let free = free_cpu.load(Ordering::SeqCst);
+            if free == 0 {
+                freed.notified().await;
+                continue;
+            }
+            let claim = protocol::Claim {
+                free_cpu_slots: free,
+                // GPU packing: each GPU's memory less what its jobs declared.
+                free_gpu_memory_mb: config.gpus.iter().map(|g| g.memory_mb).collect(),
+                wait_ms: registered.max_wait_ms,
+            };
+            let timeout = Duration::from_millis(registered.max_wait_ms) + Duration::from_secs(10);
+            match api.post::<_, JobSpec>("/claim", &claim, timeout).await {
+                Ok(Some(job)) => {
+                    let slots = job.resources.cpu_slots.min(free);
+                    free_cpu.fetch_sub(slots, Ordering::SeqCst);
+                    let (api, config, free_cpu, freed) =
+                        (api.clone(), config.clone(), free_cpu.clone(), freed.clone());
+                    let heartbeat = Duration::from_secs(registered.heartbeat_seconds.max(1));
+                    tokio::spawn(async move {
+                        let id = job.job_id.clone();
+                        if let Err(e) = run_job(&api, &config, job, heartbeat).await {
+                            tracing::error!(job = %id, error = %e, "job ended without a report");
+                        }
+                        free_cpu.fetch_add(slots, Ordering::SeqCst);
+                        freed.notify_waiters();
+                    });
+                }
+                Ok(None) => {}
+                Err(CallError::Status { status, body })
+                    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN =>
+                {
+                    anyhow::bail!("the app refused this runner's token ({status}): {body}")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "claiming; registering again");
+                    tokio::time::sleep(RETRY).await;
+                    continue 'register;
+                }
+            }
+        }
+    }
+}
+
+/// Fetches (or reuses) a lab package laid out for sandbox and grader.
+async fn lab_dirs(api: &Api, config: &WorkerConfig, job: &JobSpec) -> anyhow::Result<LabDirs> {
+    let cache = LabCache::new(&config.cache_dir);
+    let bytes = api
+        .get_bytes(&format!("/labs/{}", job.lab.id))
+        .await
+        .context("fetching the lab package listing")?;
+    let package: protocol::LabPackage =
+        serde_json::from_slice(&bytes).context("reading the lab package listing")?;
+    if package.hash != job.lab.package_hash {
+        anyhow::bail!(
+            "lab {} changed on the app since the job was submitted (package {} now, {} then)",
+            job.lab.id,
+            package.hash,
+            job.lab.package_hash
+        );
+    }
+    cache.check(&package)?;
+    if let Some(dirs) = cache.ready(&package) {
+        return Ok(dirs);
+    }
+    for file in cache.missing(&package) {
+        let bytes = api
+            .get_bytes(&format!("/labs/{}/files/{}", job.lab.id, file.sha256))
+            .await
+            .with_context(|| format!("fetching {}", file.path))?;
+        cache.put_blob(file, &bytes)?;
+    }
+    let dirs = tokio::task::spawn_blocking(move || cache.materialize(&package)).await??;
+    Ok(dirs)
+}
+
+async fn run_job(
+    api: &Api,
+    config: &Arc<WorkerConfig>,
+    job: JobSpec,
+    heartbeat_every: Duration,
+) -> anyhow::Result<()> {
+    let job_path = format!("/jobs/{}", job.job_id);
+    let lease = job.lease.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (phase_tx, mut phase_rx) = mpsc::unbounded_channel::<Phase>();
+    let (event_tx, mut event_rx) = mpsc::unbounded_channel::<JobEvent>();
+
+    // Heartbeats: at once on each phase change, and every `heartbeat_every`.
+    let hb = {
+        let (api, path, lease, stop) = (api.clone(), job_path.clone(), lease.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut phase = Phase::Running;
+            let mut tick = tokio::time::interval(heartbeat_every);
+            loop {
+                tokio::select! {
+                    p = phase_rx.recv() => match p { Some(p) => phase = p, None => return },
+                    _ = tick.tick() => {}
+                }
+                let body = protocol::Heartbeat {
+                    lease: lease.clone(),
+                    phase,
+                };
+                match api
+                    .post::<_, protocol::HeartbeatReply>(
+                        &format!("{path}/heartbeat"),
+                        &body,
+                        Duration::from_secs(10),
+                    )
+                    .await
+                {
+                    Ok(Some(reply)) if reply.cancel => {
+                        tracing::info!(job = %path, "cancelled by the app");
+                        stop.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(CallError::Status { status, .. }) if status == StatusCode::CONFLICT => {
+                        tracing::warn!(job = %path, "lease lost; stopping the job");
+                        stop.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    // Unreachable: the app may be restarting; the lease covers a few misses.
+                    Err(e) => tracing::warn!(job = %path, error = %e, "heartbeat failed"),
+                }
+            }
+        })
+    };
+
+    // Events: batched and posted in order.
+    let events = {
+        let (api, path, lease, stop) = (api.clone(), job_path.clone(), lease.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut open = true;
+            while open {
+                let mut batch = Vec::new();
+                match event_rx.recv().await {
+                    Some(e) => batch.push(e),
+                    None => break,
+                }
+                let until = tokio::time::Instant::now() + EVENT_FLUSH;
+                while batch.len() < EVENT_BATCH {
+                    match tokio::time::timeout_at(until, event_rx.recv()).await {
+                        Ok(Some(e)) => batch.push(e),
+                        Ok(None) => {
+                            open = false;
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let body = protocol::EventBatch {
+                    lease: lease.clone(),
+                    events: batch,
+                };
+                match api
+                    .post_retrying::<_, serde_json::Value>(
+                        &format!("{path}/events"),
+                        &body,
+                        Duration::from_secs(60),
+                    )
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(CallError::Status { status, .. }) if status == StatusCode::CONFLICT => {
+                        stop.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    Err(e) => tracing::warn!(job = %path, error = %e, "dropping an event batch"),
+                }
+            }
+        })
+    };
+
+    let end = match lab_dirs(api, config, &job).await {
+        Ok(dirs) => {
+            let executor = config.executor.clone();
+            let stop_flag = stop.clone();
+            let job_for_run = job.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut on_event = |e: JobEvent| {
+                    let _ = event_tx.send(e);
+                };
+                let mut on_phase = |p: Phase| {
+                    let _ = phase_tx.send(p);
+                };
+                let mut ctl = JobControl {
+                    on_event: &mut on_event,
+                    on_phase: &mut on_phase,
+                    stop: &stop_flag,
+                };
+                executor.run(&job_for_run, &dirs, &mut ctl)
+            })
+            .await
+            .context("the job's thread panicked")?
+        }
+        Err(e) => {
+            drop(event_tx);
+            drop(phase_tx);
+            JobEnd::Fail(protocol::Fail {
+                lease: String::new(),
+                fault: protocol::Fault::Infrastructure,
+                message: format!("{e:#}"),
+                usage: protocol::Usage::default(),
+            })
+        }
+    };
+    // Every event reaches the app before the result does.
+    let _ = events.await;
+    hb.abort();
+    let patience = Duration::from_secs(600);
+    let reply: Result<Option<protocol::ReportReply>, CallError> = match end {
+        JobEnd::Cancelled => return Ok(()),
+        JobEnd::Complete(mut c) => {
+            c.lease = lease;
+            api.post_retrying(&format!("{job_path}/complete"), &*c, patience)
+                .await
+        }
+        JobEnd::Fail(mut f) => {
+            f.lease = lease;
+            api.post_retrying(&format!("{job_path}/fail"), &f, patience)
+                .await
+        }
+    };
+    match reply {
+        Ok(Some(r)) if !r.accepted => {
+            tracing::info!(job = %job.job_id, state = %r.state, "the app already had this job's result")
+        }
+        Ok(_) => tracing::info!(job = %job.job_id, "reported"),
+        Err(CallError::Status { status, .. }) if status == StatusCode::CONFLICT => {
+            tracing::warn!(job = %job.job_id, "the lease expired before the report: the job runs again elsewhere")
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+/// The executor of this host: this binary as the trainer, jobs under
+/// `<data_dir>/jobs`, shared models from `<data_dir>/models`.
+pub fn default_executor(config: &crate::config::Config) -> anyhow::Result<Executor> {
+    let trainer = std::env::current_exe().context("locating the sanhak binary")?;
+    Ok(Executor {
+        trainer,
+        models_dir: Some(config.data_dir.join("models")),
+        work_root: std::path::absolute(config.data_dir.join("jobs"))
+            .context("resolving the jobs folder")?,
+    })
+}
+
+/// This host's name (for runner registrations).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "runner".to_owned())
+}
+
+/// Name of the in-process runner of `sanhak demo`.
+pub const IN_PROCESS_RUNNER: &str = "in-process";
+
+/// Starts a worker inside this process, talking to the app at `addr` over
+/// loopback with a fresh runner token (older in-process tokens are revoked).
+pub async fn spawn_in_process(
+    state: &crate::state::AppState,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use crate::db::runners;
+    runners::revoke(&state.db, IN_PROCESS_RUNNER).await?;
+    let (_, token) = runners::create(&state.db, IN_PROCESS_RUNNER, None).await?;
+    let mut executor = default_executor(&state.config)?;
+    if let Ok(trainer) = std::env::var("SANHAK_TRAINER") {
+        executor.trainer = PathBuf::from(trainer);
+    }
+    let config = WorkerConfig {
+        server: format!("http://{addr}"),
+        token: Secret::new(token),
+        name: IN_PROCESS_RUNNER.to_owned(),
+        cpu_slots: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        gpus: Vec::new(),
+        labels: vec!["cpu-only".to_owned()],
+        cache_dir: state.config.data_dir.join("lab-cache"),
+        executor,
+    };
+    Ok(tokio::spawn(async move {
+        if let Err(e) = run(config, std::future::pending()).await {
+            tracing::error!(error = %e, "the in-process worker stopped");
+        }
+    }))
+}
