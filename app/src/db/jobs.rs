@@ -482,7 +482,19 @@ pub async fn add_events(
         .await?;
     let room = (policy.max_events_per_job - stored).max(0) as usize;
     let mut added = Vec::new();
-    for e in events.iter().take(room) {
+    let mut dropped = 0i64;
+    for e in events {
+        if added.len() >= room {
+            // Past the cap: count what was new, store nothing.
+            let known: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM job_events WHERE job_id = $1 AND seq = $2")
+                    .bind(job_id)
+                    .bind(e.seq as i64)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            dropped += i64::from(known == 0);
+            continue;
+        }
         let data = e.data.to_string();
         let n = sqlx::query(
             "INSERT INTO job_events (job_id, seq, at_ms, kind, data) VALUES ($1, $2, $3, $4, $5) \
@@ -505,7 +517,6 @@ pub async fn add_events(
             });
         }
     }
-    let dropped = events.len().saturating_sub(room) as i64;
     sqlx::query(
         "UPDATE jobs SET events_stored = events_stored + $1, events_dropped = events_dropped + $2 WHERE id = $3",
     )

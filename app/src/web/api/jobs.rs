@@ -1,7 +1,7 @@
 //! `/api/v1` labs of a course, submissions and their jobs: submit a recipe or
 //! code, follow the job (state, queue position, events), cancel it.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::Json;
 use sanhak_runner::lab::LabKind;
 use sanhak_runner::protocol::SubmissionKind;
@@ -235,7 +235,7 @@ pub async fn job_events(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
     Path(job_id): Path<String>,
-    Query(q): Query<EventsQuery>,
+    axum::extract::Query(q): axum::extract::Query<EventsQuery>,
 ) -> AppResult<Json<Vec<EventOut>>> {
     visible_job(&state, &user, &job_id).await?;
     let events = jobs::events(&state.db, &job_id, q.after, 1000).await?;
