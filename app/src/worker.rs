@@ -147,6 +147,12 @@ async fn serve(config: WorkerConfig) -> anyhow::Result<()> {
         base: config.server.trim_end_matches('/').to_owned(),
         token: config.token.clone(),
     };
+    let executor = config.executor.clone();
+    match tokio::task::spawn_blocking(move || executor.clean_work_root()).await? {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(folders = n, "removed work folders left by an earlier run"),
+        Err(e) => tracing::warn!(error = %e, "could not clean the work folder root"),
+    }
     let config = Arc::new(config);
     let free_cpu = Arc::new(AtomicU32::new(config.cpu_slots));
     let freed = Arc::new(tokio::sync::Notify::new());
@@ -440,16 +446,19 @@ pub const IN_PROCESS_RUNNER: &str = "in-process";
 
 /// Starts a worker inside this process, talking to the app at `addr` over
 /// loopback with a fresh runner token (older in-process tokens are revoked).
+///
+/// `trainer` overrides the binary run in the sandbox (default: this one).
 pub async fn spawn_in_process(
     state: &crate::state::AppState,
     addr: std::net::SocketAddr,
+    trainer: Option<PathBuf>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     use crate::db::runners;
     runners::revoke(&state.db, IN_PROCESS_RUNNER).await?;
     let (_, token) = runners::create(&state.db, IN_PROCESS_RUNNER, None).await?;
     let mut executor = default_executor(&state.config)?;
-    if let Ok(trainer) = std::env::var("SANHAK_TRAINER") {
-        executor.trainer = PathBuf::from(trainer);
+    if let Some(trainer) = trainer {
+        executor.trainer = trainer;
     }
     let config = WorkerConfig {
         server: format!("http://{addr}"),

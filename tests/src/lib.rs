@@ -144,6 +144,19 @@ impl TestApp {
     /// folder is the workspace's).
     pub async fn spawn_with(backend: Backend, adjust: impl FnOnce(&mut Settings)) -> Self {
         let test_db = TestDb::new(backend).await;
+        Self::attach_with(backend, test_db, adjust).await
+    }
+
+    /// A server on an existing database (e.g. one another process also serves).
+    pub async fn attach(backend: Backend, test_db: TestDb) -> Self {
+        Self::attach_with(backend, test_db, |_| {}).await
+    }
+
+    async fn attach_with(
+        backend: Backend,
+        test_db: TestDb,
+        adjust: impl FnOnce(&mut Settings),
+    ) -> Self {
         let mut settings = Settings {
             database_url: Some(test_db.url.clone()),
             data_dir: Some(test_db.dir().to_path_buf()),

@@ -379,10 +379,29 @@ pub async fn reap_expired(db: &Db) -> sqlx::Result<Reaped> {
     .execute(&db.pool)
     .await?
     .rows_affected();
+    if requeued > 0 {
+        clear_events_of_requeued(db).await?;
+    }
     Ok(Reaped {
         requeued,
         not_gradable: given_up,
     })
+}
+
+/// A requeued job starts its events afresh: the live page shows the attempt
+/// that is running, not a mix of two.
+async fn clear_events_of_requeued(db: &Db) -> sqlx::Result<()> {
+    sqlx::query(
+        "DELETE FROM job_events WHERE job_id IN (SELECT id FROM jobs WHERE state = 'queued' AND attempts > 0)",
+    )
+    .execute(&db.pool)
+    .await?;
+    sqlx::query(
+        "UPDATE jobs SET events_stored = 0, events_dropped = 0 WHERE state = 'queued' AND attempts > 0",
+    )
+    .execute(&db.pool)
+    .await?;
+    Ok(())
 }
 
 /// What a heartbeat found.
@@ -486,12 +505,13 @@ pub async fn add_events(
     for e in events {
         if added.len() >= room {
             // Past the cap: count what was new, store nothing.
-            let known: i64 =
-                sqlx::query_scalar("SELECT COUNT(*) FROM job_events WHERE job_id = $1 AND seq = $2")
-                    .bind(job_id)
-                    .bind(e.seq as i64)
-                    .fetch_one(&mut *tx)
-                    .await?;
+            let known: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM job_events WHERE job_id = $1 AND seq = $2",
+            )
+            .bind(job_id)
+            .bind(e.seq as i64)
+            .fetch_one(&mut *tx)
+            .await?;
             dropped += i64::from(known == 0);
             continue;
         }
@@ -690,6 +710,9 @@ pub async fn fail(
     let state: String = row.try_get(1)?;
     charge_usage(&mut tx, &course_id, &f.usage, now, policy).await?;
     tx.commit().await?;
+    if state == "queued" {
+        clear_events_of_requeued(db).await?;
+    }
     Ok(Report::Recorded(state))
 }
 

@@ -75,6 +75,27 @@ impl WorkDir {
         &self.path
     }
 
+    /// Removes a work folder left by a runner that died mid-job: unmounts its
+    /// tmpfs if one is still mounted there, then deletes it. A missing folder is fine.
+    pub fn remove_stale(path: &Path) -> io::Result<()> {
+        let c = CString::new(path.as_os_str().as_bytes())?;
+        // SAFETY: a valid NUL-terminated path. EINVAL (not a mount point) and
+        // ENOENT are expected and ignored.
+        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+            let e = io::Error::last_os_error();
+            if !matches!(
+                e.raw_os_error(),
+                Some(libc::EINVAL | libc::ENOENT | libc::EPERM)
+            ) {
+                return Err(e);
+            }
+        }
+        match std::fs::remove_dir_all(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether the kernel enforces the disk caps (a sized tmpfs is mounted).
     pub fn is_tmpfs(&self) -> bool {
         self.tmpfs

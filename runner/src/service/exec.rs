@@ -97,6 +97,24 @@ pub fn limits_for(job: &JobSpec) -> Limits {
 }
 
 impl Executor {
+    /// Removes the work folders a previous run of this runner left behind
+    /// (a killed worker cannot unmount its jobs' folders). Call once at start;
+    /// each runner needs a work root of its own.
+    pub fn clean_work_root(&self) -> std::io::Result<usize> {
+        let entries = match std::fs::read_dir(&self.work_root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let mut n = 0;
+        for entry in entries {
+            let path = entry?.path();
+            WorkDir::remove_stale(&path)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Runs a job to its end. Blocking: call from `spawn_blocking`.
     pub fn run(&self, job: &JobSpec, dirs: &LabDirs, ctl: &mut JobControl<'_>) -> JobEnd {
         match job.kind {
@@ -125,7 +143,10 @@ impl Executor {
             return infra("creating the work root", &e);
         }
         let limits = limits_for(job);
-        let work = match WorkDir::create(&self.work_root.join(&job.job_id), &limits) {
+        let folder = self
+            .work_root
+            .join(format!("{}-{}", job.job_id, job.attempt));
+        let work = match WorkDir::create(&folder, &limits) {
             Ok(w) => w,
             Err(e) => return infra("creating the work folder", &e),
         };
