@@ -30,6 +30,7 @@ const STAFF: &[Who] = &[Ta, Instructor, Admin];
 const TEACHER: &[Who] = &[Instructor, Admin];
 const ADMIN: &[Who] = &[Admin];
 const CREATORS: &[Who] = &[Instructor, Admin];
+const NOBODY: &[Who] = &[];
 
 struct Row {
     method: &'static str,
@@ -110,10 +111,31 @@ const API: &[Row] = &[
         "/api/v1/courses/{course_id}/roster/{user_id}",
         TEACHER,
     ),
+    row("GET", "/api/v1/courses/{course_id}/labs", MEMBERS),
+    row("PUT", "/api/v1/courses/{course_id}/labs/{lab_id}", TEACHER),
+    row(
+        "POST",
+        "/api/v1/courses/{course_id}/labs/{lab_id}/submissions",
+        MEMBERS,
+    ),
+    // `{job_id}` is the student's job: its student and the course's staff.
+    row("GET", "/api/v1/jobs/{job_id}", MEMBERS),
+    row("GET", "/api/v1/jobs/{job_id}/events", MEMBERS),
+    row("POST", "/api/v1/jobs/{job_id}/cancel", MEMBERS),
+    // The runner protocol takes runner tokens only: no person gets in.
+    row("POST", "/api/runner/v1/register", NOBODY),
+    row("POST", "/api/runner/v1/claim", NOBODY),
+    row("POST", "/api/runner/v1/jobs/{job_id}/heartbeat", NOBODY),
+    row("POST", "/api/runner/v1/jobs/{job_id}/events", NOBODY),
+    row("POST", "/api/runner/v1/jobs/{job_id}/complete", NOBODY),
+    row("POST", "/api/runner/v1/jobs/{job_id}/fail", NOBODY),
+    row("GET", "/api/runner/v1/labs/{lab_id}", NOBODY),
+    row("GET", "/api/runner/v1/labs/{lab_id}/files/{sha256}", NOBODY),
 ];
 
 struct World {
     course_a: String,
+    job_id: String,
     company_slug: String,
     bystander_id: String,
     browsers: Vec<(Who, Browser)>,
@@ -191,6 +213,33 @@ async fn world(app: &TestApp) -> World {
     let bystander = app
         .create_user("bystander@matrix.ac.kr", UserKind::Student)
         .await;
+    sanhak::db::labs::add(&app.db, &course_a, LAB, None)
+        .await
+        .unwrap();
+    let entry = app
+        .state
+        .queue
+        .catalog
+        .get(LAB)
+        .expect("lab in the catalog");
+    let (_, job_id) = sanhak::db::jobs::submit(
+        &app.db,
+        &sanhak::db::jobs::NewSubmission {
+            course_id: &course_a,
+            lab_id: LAB,
+            lab_version: &entry.package.version,
+            lab_hash: &entry.package.hash,
+            user_id: &id(Student),
+            kind: sanhak_runner::protocol::SubmissionKind::Recipe,
+            content: "",
+            resources: entry.resources(),
+            step_scale: 1.0,
+            due_at_ms: None,
+        },
+        &app.state.queue.policy,
+    )
+    .await
+    .unwrap();
 
     let mut browsers = vec![(Anonymous, app.browser())];
     let mut tokens = vec![(Anonymous, None)];
@@ -213,6 +262,7 @@ async fn world(app: &TestApp) -> World {
     }
     World {
         course_a,
+        job_id,
         company_slug: company.slug,
         bystander_id: bystander.id,
         browsers,
@@ -221,8 +271,13 @@ async fn world(app: &TestApp) -> World {
     }
 }
 
+const LAB: &str = "fashion-transfer";
+
 fn concrete(path: &str, w: &World) -> String {
     path.replace("{course_id}", &w.course_a)
+        .replace("{job_id}", &w.job_id)
+        .replace("{lab_id}", LAB)
+        .replace("{sha256}", &"0".repeat(64))
         .replace("{slug}", &w.company_slug)
         .replace("{user_id}", &w.bystander_id)
         .replace("{token}", "inv_0000")
@@ -286,7 +341,7 @@ both_backends!(authorization_matrix, |app: TestApp| async move {
             let path = concrete(r.path, &w);
             let method = Method::from_bytes(r.method.as_bytes()).unwrap();
             let mut req = api.request(method.clone(), &path);
-            if method == Method::POST {
+            if method == Method::POST || method == Method::PUT {
                 req = req.json(&serde_json::json!({}));
             }
             let status = req.send().await.unwrap().status();
@@ -315,9 +370,21 @@ both_backends!(authorization_matrix, |app: TestApp| async move {
         let path: String = chunk.chars().take_while(|c| *c != '"').collect();
         registered.insert(path);
     }
-    let api_source = include_str!("../../app/src/web/api/courses.rs");
-    for chunk in api_source.split("path = \"").skip(1) {
-        registered.insert(chunk.chars().take_while(|c| *c != '"').collect());
+    for api_source in [
+        include_str!("../../app/src/web/api/courses.rs"),
+        include_str!("../../app/src/web/api/jobs.rs"),
+    ] {
+        for chunk in api_source.split("path = \"").skip(1) {
+            registered.insert(chunk.chars().take_while(|c| *c != '"').collect());
+        }
+    }
+    let runner_source = include_str!("../../app/src/web/api/runner.rs");
+    for chunk in runner_source.split("format!(\"{API_PREFIX}").skip(1) {
+        let rest: String = chunk.chars().take_while(|c| *c != '"').collect();
+        registered.insert(format!(
+            "/api/runner/v1{}",
+            rest.replace("{{", "{").replace("}}", "}")
+        ));
     }
     let in_matrix: BTreeSet<String> = PAGES.iter().chain(API).map(|r| r.path.to_owned()).collect();
     let missing: Vec<_> = registered.difference(&in_matrix).collect();

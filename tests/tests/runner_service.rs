@@ -260,8 +260,8 @@ both_backends!(
             .unwrap();
         assert_eq!(
             r.status(),
-            StatusCode::NOT_FOUND,
-            "another student's job is invisible"
+            StatusCode::FORBIDDEN,
+            "another student may not see it"
         );
         let r = c
             .other_student
@@ -269,7 +269,7 @@ both_backends!(
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
         assert_eq!(job(&c.instructor, &id).await["state"], "queued");
         // The instructor cancels it.
         let r = c

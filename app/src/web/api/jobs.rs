@@ -176,8 +176,7 @@ async fn visible_job(
     let role = courses::role_of(&state.db, &job.course_id, &user.id).await?;
     let staff = user.is_admin() || matches!(role, Some(CourseRole::Instructor | CourseRole::Ta));
     if job.user_id != user.id && !staff {
-        // Same answer as a missing job: ids of others' jobs are not confirmed.
-        return Err(AppError::NotFound);
+        return Err(AppError::Forbidden);
     }
     let mut job = job;
     if !staff {
@@ -197,7 +196,7 @@ pub struct JobOut {
 /// A job: state, attempts, timing, and the grade once done.
 #[utoipa::path(get, path = "/api/v1/jobs/{job_id}", tag = "labs",
     params(("job_id" = String, Path)),
-    responses((status = 200, body = JobOut), (status = 404, body = ApiErrorBody)))]
+    responses((status = 200, body = JobOut), (status = 403, body = ApiErrorBody), (status = 404, body = ApiErrorBody)))]
 pub async fn get_job(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
