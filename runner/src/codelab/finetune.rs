@@ -25,7 +25,8 @@ use serde::{Deserialize, Serialize};
 
 use labkit::harness::{names, BASE_FILE, CHECKPOINT_FILE, TRAIN_FILE, VALID_FILE};
 
-use super::process::{run_with_limit, ExitKind};
+use super::process::ExitKind;
+use super::sandboxed::{run_job, Isolation, Job};
 use super::spec::FineTuneSpec;
 use super::CodeLabError;
 use crate::grade::checkpoint::{load_checked, TensorSpec, MAX_HEADER_BYTES};
@@ -169,7 +170,11 @@ fn reject(reason: impl Into<String>) -> GradeOutcome {
     }
 }
 
-/// Run the submission's `train` and grade its checkpoint.
+/// Largest checkpoint a `train` run may write.
+pub const MAX_CHECKPOINT_BYTES: u64 = 64 << 20;
+
+/// Run the submission's `train` and grade its checkpoint, as a plain child
+/// process: for the lab author's own binaries (see [`run_fine_tune_isolated`]).
 pub fn run_fine_tune(
     lab: &Lab,
     spec: &FineTuneSpec,
@@ -179,42 +184,75 @@ pub fn run_fine_tune(
     step_scale: f64,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<FineTuneReport, CodeLabError> {
-    std::fs::create_dir_all(out_dir).map_err(|e| CodeLabError::io(out_dir, e))?;
-    let ckpt = out_dir.join(CHECKPOINT_FILE);
-    let _ = std::fs::remove_file(&ckpt);
-    let args: Vec<String> = [
-        "train",
-        "--data",
-        &data.dir.display().to_string(),
-        "--out",
-        &out_dir.display().to_string(),
-        "--classes",
-        &data.classes.to_string(),
-        "--max-rank",
-        &spec.max_rank.to_string(),
-        "--max-steps",
-        &spec.max_steps.to_string(),
-        "--seed",
-        &spec.seed.to_string(),
-        "--eval-every",
-        &spec.eval_every.to_string(),
-        "--step-scale",
-        &step_scale.to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let proc = run_with_limit(
+    run_fine_tune_isolated(
+        lab,
+        spec,
         binary,
-        &args,
-        Duration::from_secs(spec.timeout_seconds),
-        lab.manifest.limits.threads,
+        data,
+        out_dir,
+        step_scale,
+        &Isolation::Trusted,
         on_event,
     )
-    .map_err(|e| CodeLabError::Spawn {
-        binary: binary.to_path_buf(),
-        message: e.to_string(),
-    })?;
+}
+
+/// [`run_fine_tune`] under `isolation`: in the sandbox the binary reads the
+/// prepared data (public splits and the base `fc`, read-only) and writes its
+/// checkpoint to `/work`, which the grader reads back (regular file, size
+/// cap) into `out_dir` before grading it on the hidden split outside.
+#[allow(clippy::too_many_arguments)]
+pub fn run_fine_tune_isolated(
+    lab: &Lab,
+    spec: &FineTuneSpec,
+    binary: &Path,
+    data: &PreparedData,
+    out_dir: &Path,
+    step_scale: f64,
+    isolation: &Isolation,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<FineTuneReport, CodeLabError> {
+    std::fs::create_dir_all(out_dir).map_err(|e| CodeLabError::io(out_dir, e))?;
+    let ckpt = out_dir.join(CHECKPOINT_FILE);
+    let fixed: Vec<String> = vec![
+        "--classes".to_string(),
+        data.classes.to_string(),
+        "--max-rank".into(),
+        spec.max_rank.to_string(),
+        "--max-steps".into(),
+        spec.max_steps.to_string(),
+        "--seed".into(),
+        spec.seed.to_string(),
+        "--eval-every".into(),
+        spec.eval_every.to_string(),
+        "--step-scale".into(),
+        step_scale.to_string(),
+    ];
+    let job = Job {
+        binary,
+        input_dir: &data.dir,
+        output_dir: out_dir,
+        outputs: &[(CHECKPOINT_FILE, MAX_CHECKPOINT_BYTES)],
+        limit: Duration::from_secs(spec.timeout_seconds),
+        threads: lab.manifest.limits.threads,
+        memory_bytes: lab.manifest.limits.memory_mb.max(1) << 20,
+    };
+    let ran = run_job(
+        isolation,
+        &job,
+        &|input: &Path, output: &Path| {
+            let mut a = vec![
+                "train".to_string(),
+                "--data".into(),
+                input.display().to_string(),
+                "--out".into(),
+                output.display().to_string(),
+            ];
+            a.extend(fixed.iter().cloned());
+            a
+        },
+        on_event,
+    )?;
+    let proc = ran.process;
     let reported_steps = proc.events.iter().rev().find_map(|e| match e {
         Event::Finished { steps, .. } => Some(*steps),
         _ => None,
@@ -223,6 +261,8 @@ pub fn run_fine_tune(
     let reported_valid_metric = curve.evals.last().map(|e| e.1);
     let (outcome, rank) = if proc.exit != ExitKind::Success {
         (reject(proc.describe_failure()), None)
+    } else if let Some(why) = ran.refused.get(CHECKPOINT_FILE) {
+        (reject(format!("checkpoint rejected: {why}")), None)
     } else {
         match grade_run(lab, spec, &ckpt, Some(&curve)) {
             Ok(x) => x,

@@ -19,9 +19,11 @@
 //! the program, missing hidden data) make a result *not gradable*.
 
 pub mod check;
+pub mod compile;
 pub mod finetune;
 pub mod numerics;
 pub mod process;
+pub mod sandboxed;
 pub mod spec;
 
 use std::path::{Path, PathBuf};
@@ -36,6 +38,7 @@ use crate::train::events::Event;
 
 pub use finetune::{FineTuneReport, PreparedData};
 pub use numerics::{NumericsReport, TestResult};
+pub use sandboxed::{Isolation, SandboxSettings};
 pub use spec::CodeSpec;
 
 /// Failures of the grader or of the lab package (never the student's fault).
@@ -57,6 +60,9 @@ pub enum CodeLabError {
     Spawn { binary: PathBuf, message: String },
     #[error("building {krate} failed: {message}")]
     Build { krate: PathBuf, message: String },
+    /// The sandbox is unavailable (bwrap missing) or could not be set up.
+    #[error("{0}")]
+    Sandbox(String),
     #[error("{0}")]
     Other(String),
 }
@@ -157,8 +163,11 @@ fn fine_tune_line(lab: &Lab, r: &FineTuneReport) -> String {
     }
 }
 
-/// Grade one submission binary: the hidden numerical tests, then the
-/// fine-tuning run on `data` (from [`finetune::prepare_data`]).
+/// Grade one submission binary as a plain child process: the hidden
+/// numerical tests, then the fine-tuning run on `data` (from
+/// [`finetune::prepare_data`]). Only for the lab author's own binaries;
+/// student binaries go through [`grade_submission_isolated`] with
+/// [`Isolation::student`].
 pub fn grade_submission(
     lab: &Lab,
     binary: &Path,
@@ -166,24 +175,40 @@ pub fn grade_submission(
     opts: &GradeOptions,
     progress: &mut dyn FnMut(GradeProgress<'_>),
 ) -> CodeOutcome {
+    grade_submission_isolated(lab, binary, data, opts, &Isolation::Trusted, progress)
+}
+
+/// [`grade_submission`] with the binary run under `isolation` (the sandbox,
+/// for student code).
+pub fn grade_submission_isolated(
+    lab: &Lab,
+    binary: &Path,
+    data: &PreparedData,
+    opts: &GradeOptions,
+    isolation: &Isolation,
+    progress: &mut dyn FnMut(GradeProgress<'_>),
+) -> CodeOutcome {
     let mut run = || -> Result<CodeOutcome, CodeLabError> {
         let spec = code_spec(lab)?;
         progress(GradeProgress::Phase("numerical tests"));
-        let numerics = numerics::run_numerics(
+        let numerics = numerics::run_numerics_isolated(
             &spec.numerics,
             binary,
             &opts.work_dir.join("numerics"),
             lab.manifest.limits.threads,
+            lab.manifest.limits.memory_mb.max(1) << 20,
+            isolation,
             &mut |e| progress(GradeProgress::Event(e)),
         )?;
         progress(GradeProgress::Phase("fine-tuning"));
-        let fine_tune = finetune::run_fine_tune(
+        let fine_tune = finetune::run_fine_tune_isolated(
             lab,
             &spec.fine_tune,
             binary,
             data,
             &opts.work_dir.join("fine-tune"),
             opts.step_scale,
+            isolation,
             &mut |e| progress(GradeProgress::Event(e)),
         )?;
         if let GradeOutcome::NotGradable { reason } = &fine_tune.outcome {

@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use labkit::harness::names;
 
-use super::process::{run_with_limit, ExitKind, ProcessOutcome};
+use super::process::{ExitKind, ProcessOutcome};
+use super::sandboxed::{run_job, Isolation, Job};
 use super::spec::NumericsSpec;
 use super::CodeLabError;
 use crate::nn::lora::LoraLinear;
@@ -466,7 +467,8 @@ pub fn score(
 }
 
 /// Run the hidden numerical tests on a submission binary with `threads`
-/// threads (the lab's `[limits] threads`). `Err` is an
+/// threads (the lab's `[limits] threads`), as a plain child process: for
+/// the lab author's own binaries (see [`run_numerics_isolated`]). `Err` is an
 /// infrastructure failure (not gradable); everything the submission does
 /// wrong, including crashing or hanging, is a failed test in the report.
 pub fn run_numerics(
@@ -476,37 +478,76 @@ pub fn run_numerics(
     threads: u32,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<NumericsReport, CodeLabError> {
+    run_numerics_isolated(
+        spec,
+        binary,
+        work,
+        threads,
+        DEFAULT_MEMORY_BYTES,
+        &Isolation::Trusted,
+        on_event,
+    )
+}
+
+/// Memory of a numerics run when the lab gives none.
+pub const DEFAULT_MEMORY_BYTES: u64 = 2 << 30;
+
+/// The input and output files of a numerics run, inside its folders.
+const INPUT_FILE: &str = "numerics-in.safetensors";
+const OUTPUT_FILE: &str = "numerics-out.safetensors";
+
+/// [`run_numerics`] under `isolation`: in the sandbox the binary reads the
+/// cases from a read-only folder and writes its output to `/work`, which the
+/// grader reads back (regular file, size cap) into `work`. `memory_bytes`
+/// caps the sandboxed run.
+pub fn run_numerics_isolated(
+    spec: &NumericsSpec,
+    binary: &Path,
+    work: &Path,
+    threads: u32,
+    memory_bytes: u64,
+    isolation: &Isolation,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<NumericsReport, CodeLabError> {
     std::fs::create_dir_all(work).map_err(|e| CodeLabError::io(work, e))?;
     let cases = make_cases(spec.seed)?;
     let expected: Vec<Expected> = cases.iter().map(expected).collect::<Result<_, _>>()?;
-    let inputs = work.join("numerics-in.safetensors");
-    let out = work.join("numerics-out.safetensors");
-    let _ = std::fs::remove_file(&out);
-    write_inputs(&cases, &inputs)?;
-    let args = vec![
-        "numerics".to_string(),
-        "--inputs".into(),
-        inputs.display().to_string(),
-        "--out".into(),
-        out.display().to_string(),
-        "--seed".into(),
-        spec.seed.to_string(),
-    ];
-    let proc: ProcessOutcome = run_with_limit(
+    let input_dir = work.join("input");
+    std::fs::create_dir_all(&input_dir).map_err(|e| CodeLabError::io(&input_dir, e))?;
+    write_inputs(&cases, &input_dir.join(INPUT_FILE))?;
+    let out = work.join(OUTPUT_FILE);
+    let max_bytes = max_output_bytes(&cases);
+    let seed = spec.seed.to_string();
+    let job = Job {
         binary,
-        &args,
-        Duration::from_secs(spec.timeout_seconds),
+        input_dir: &input_dir,
+        output_dir: work,
+        outputs: &[(OUTPUT_FILE, max_bytes)],
+        limit: Duration::from_secs(spec.timeout_seconds),
         threads,
+        memory_bytes,
+    };
+    let ran = run_job(
+        isolation,
+        &job,
+        &|input: &Path, output: &Path| {
+            vec![
+                "numerics".to_string(),
+                "--inputs".into(),
+                input.join(INPUT_FILE).display().to_string(),
+                "--out".into(),
+                output.join(OUTPUT_FILE).display().to_string(),
+                "--seed".into(),
+                seed.clone(),
+            ]
+        },
         on_event,
-    )
-    .map_err(|e| CodeLabError::Spawn {
-        binary: binary.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    let outputs = if proc.exit == ExitKind::Success {
-        read_outputs(&out, max_output_bytes(&cases))
-    } else {
-        Err(proc.describe_failure())
+    )?;
+    let proc: ProcessOutcome = ran.process;
+    let outputs = match ran.refused.get(OUTPUT_FILE) {
+        Some(why) => Err(why.clone()),
+        None if proc.exit == ExitKind::Success => read_outputs(&out, max_bytes),
+        None => Err(proc.describe_failure()),
     };
     let tests = score(
         spec,

@@ -1,10 +1,12 @@
 //! Running an untrusted submission binary: a wall-clock limit, capped
 //! output, and stdout read as JSON-lines events that are only ever displayed.
 //!
-//! The sandbox itself (bubblewrap, seccomp, cgroups) belongs to the runner
-//! service; this module is the part every caller needs: a child that cannot
-//! hang the grader or flood its memory, and an outcome that says clearly
-//! whether the program finished, failed, crashed or ran out of time.
+//! This is the unsandboxed path, for the lab author's own code on their
+//! machine (`sanhak lab check` where bwrap is missing); student code runs in
+//! the sandbox ([`super::sandboxed`]), which reports through the same
+//! [`ProcessOutcome`]: a child that cannot hang the grader or flood its
+//! memory, and an outcome that says clearly whether the program finished,
+//! failed, crashed or ran out of time.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -35,6 +37,9 @@ pub enum ExitKind {
     Crashed { signal: Option<i32> },
     /// Ran past its wall-clock limit and was killed.
     TimedOut { limit_s: u64 },
+    /// Stopped by the sandbox at another limit (memory, processes, output,
+    /// disk); `reason` says which, for students.
+    Stopped { reason: String },
 }
 
 /// What a finished child left behind.
@@ -72,6 +77,7 @@ impl ProcessOutcome {
             ExitKind::TimedOut { limit_s } => {
                 format!("your program ran past its time limit of {limit_s} s and was stopped")
             }
+            ExitKind::Stopped { reason } => format!("your program {reason}{last}"),
         }
     }
 }
