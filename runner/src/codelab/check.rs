@@ -14,7 +14,10 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::{code_spec, finetune, grade_submission, CodeLabError, CodeOutcome, GradeOptions};
+use super::{
+    code_spec, finetune, grade_submission_isolated, CodeLabError, CodeOutcome, GradeOptions,
+    Isolation,
+};
 use crate::check::peak_rss_mib;
 use crate::grade::{grade_weights, GradeOutcome};
 use crate::lab::{Lab, MAX_BASE_CHECKPOINT_BYTES};
@@ -208,6 +211,9 @@ pub fn check_code_lab(
     progress(CodeCheckProgress::Phase("preparing the training data"));
     let data = finetune::prepare_data(&lab, &work.join("data"))?;
 
+    // The lab's own binaries: sandboxed where bwrap is installed, a plain
+    // child process on an author's machine without it.
+    let isolation = Isolation::for_lab_check();
     let mut runs = Vec::new();
     for (name, binary) in [
         ("starter", &binaries.starter),
@@ -219,10 +225,11 @@ pub fn check_code_lab(
             step_scale: opts.step_scale,
             work_dir: work.join(name),
         };
-        let outcome = grade_submission(&lab, binary, &data, &gopts, &mut |p| match p {
-            super::GradeProgress::Phase(ph) => progress(CodeCheckProgress::Phase(ph)),
-            super::GradeProgress::Event(e) => progress(CodeCheckProgress::Event(e)),
-        });
+        let outcome =
+            grade_submission_isolated(&lab, binary, &data, &gopts, &isolation, &mut |p| match p {
+                super::GradeProgress::Phase(ph) => progress(CodeCheckProgress::Phase(ph)),
+                super::GradeProgress::Event(e) => progress(CodeCheckProgress::Event(e)),
+            });
         let peak = outcome.grade().and_then(|g| {
             [g.numerics.peak_rss_mib, g.fine_tune.peak_rss_mib]
                 .into_iter()
