@@ -14,9 +14,14 @@ use sanhak_runner::codelab::compile::{
     bench_compile, compile_submission, default_compile_limits, CompileOutcome, Prebuilt,
     BINARY_NAME,
 };
+use sanhak_runner::codelab::finetune;
 use sanhak_runner::codelab::numerics::run_numerics_isolated;
-use sanhak_runner::codelab::{code_spec, Isolation};
+use sanhak_runner::codelab::{
+    code_spec, grade_submission_isolated, GradeOptions, GradeProgress, Isolation,
+};
+use sanhak_runner::grade::GradeOutcome;
 use sanhak_runner::lab::Lab;
+use sanhak_runner::train::events::Event;
 
 const CANARY_NAME: &str = "SANHAK_TEST_CANARY_SECRET";
 const CANARY_VALUE: &str = "canary-7f3a9c-do-not-leak";
@@ -182,6 +187,79 @@ fn the_solution_compiles_in_the_sandbox_and_passes_the_numerics_there() {
         assert!(t.passed, "{}", t.message);
     }
     assert_eq!(report.points, report.max_points);
+}
+
+#[test]
+fn a_compiled_submission_is_graded_in_the_sandbox_and_cannot_see_the_host() {
+    if !have_bwrap() {
+        return;
+    }
+    // The solution, except that building the layer first looks for the
+    // lab's hidden labels, the host's passwd file and the lab folder, and
+    // fails loudly if it can see any of them.
+    let hidden = lab_dir()
+        .join("hidden/test-labels.idx1")
+        .canonicalize()
+        .unwrap();
+    let probe = format!(
+        "        for p in [{:?}, \"/etc/passwd\", {:?}] {{\n            if std::path::Path::new(p).exists() {{\n                bail!(\"LEAKED {{p}}\");\n            }}\n        }}\n",
+        hidden.display().to_string(),
+        lab_dir().canonicalize().unwrap().display().to_string(),
+    );
+    let src = source("solution").replacen(
+        "        if config.rank == 0 {",
+        &format!("{probe}        if config.rank == 0 {{"),
+        1,
+    );
+    assert!(src.contains("LEAKED"));
+    let (_tmp, _work, out) = compile(&src);
+    let binary = out.binary().unwrap_or_else(|| panic!("{}", out.rendered));
+
+    let lab = lab();
+    let runs = tempfile::tempdir().unwrap();
+    // The probe works: outside the sandbox it finds the files and fails.
+    let outside = run_numerics_isolated(
+        &code_spec(&lab).unwrap().numerics,
+        binary,
+        &runs.path().join("outside"),
+        2,
+        1 << 30,
+        &Isolation::Trusted,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(outside.points, 0.0, "{:#?}", outside.tests);
+
+    let data = finetune::prepare_data(&lab, &runs.path().join("data")).unwrap();
+    let opts = GradeOptions {
+        step_scale: 0.25,
+        work_dir: runs.path().join("grade"),
+    };
+    let mut steps = 0;
+    let outcome = grade_submission_isolated(
+        &lab,
+        binary,
+        &data,
+        &opts,
+        &Isolation::student().unwrap(),
+        &mut |p| {
+            if let GradeProgress::Event(Event::Step { .. }) = p {
+                steps += 1;
+            }
+        },
+    );
+    let grade = outcome.grade().unwrap_or_else(|| panic!("{outcome:?}"));
+    assert_eq!(
+        grade.numerics.points, grade.numerics.max_points,
+        "{:#?}",
+        grade.feedback
+    );
+    assert!(steps > 0, "training steps were streamed from the sandbox");
+    match &grade.fine_tune.outcome {
+        GradeOutcome::Graded(r) => assert!(r.metric > 0.8, "{}", r.metric),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(grade.fine_tune.rank, Some(8));
 }
 
 #[test]
