@@ -83,7 +83,8 @@ CREATE TABLE jobs (
 );
 CREATE INDEX jobs_queue ON jobs (state, enqueued_ms);
 CREATE INDEX jobs_student ON jobs (user_id, course_id, state);
-CREATE INDEX jobs_course_finished ON jobs (course_id, finished_ms);
+CREATE INDEX jobs_course_queue ON jobs (course_id, state, enqueued_ms);
+CREATE INDEX jobs_due ON jobs (state, due_at_ms);
 
 CREATE TABLE job_events (
     job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,

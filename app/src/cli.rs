@@ -45,9 +45,9 @@ pub enum Command {
     /// Pretrained models that labs can use.
     #[command(subcommand)]
     Model(ModelCommand),
-    /// Benchmarks: training throughput against PyTorch.
+    /// Benchmarks: training throughput against PyTorch; the runner service.
     #[command(subcommand)]
-    Bench(sanhak_runner::bench::BenchCommand),
+    Bench(crate::bench::BenchCommand),
     /// Run a runner: claim jobs from the app over HTTP, train them in the
     /// sandbox and grade them.
     Worker(WorkerArgs),
@@ -188,10 +188,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             db.migrate().await?;
             runner_command(&db, cmd).await
         }
-        Command::Bench(cmd) => {
-            let labs_dir = config.labs_dir.clone();
-            tokio::task::spawn_blocking(move || cmd.run(&labs_dir)).await?
-        }
+        Command::Bench(cmd) => cmd.run(config.labs_dir.clone()).await,
         Command::Model(ModelCommand::Fetch { name: _, python }) => {
             let data_dir = config.data_dir.clone();
             let dir = tokio::task::spawn_blocking(move || {

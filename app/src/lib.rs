@@ -5,6 +5,7 @@
 //! (which can bind port 0), so tests run exactly what production runs.
 
 pub mod auth;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod db;

@@ -8,7 +8,9 @@
 //! refused, and a job is graded exactly once.
 //!
 //! The claim is the one place where the two backends differ:
-//! - PostgreSQL picks a row with `FOR UPDATE OF j SKIP LOCKED` in a
+//! - PostgreSQL ranks a bounded candidate set (the oldest eligible jobs of
+//!   each course plus every job due soon, found through indexes), locks the
+//!   best one no other runner holds with `FOR UPDATE SKIP LOCKED` in a
 //!   transaction, takes an advisory lock on the student and course, and
 //!   re-checks the per-student limit, so concurrent runners never block each
 //!   other and never break the limit;
@@ -126,6 +128,15 @@ pub async fn submit(
     .bind(now)
     .execute(&mut *tx)
     .await?;
+    // Every course with jobs has a usage row: fair share ranks courses by it.
+    sqlx::query(
+        "INSERT INTO course_usage (course_id, seconds, updated_ms) VALUES ($1, 0, $2) \
+         ON CONFLICT (course_id) DO NOTHING",
+    )
+    .bind(new.course_id)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok((submission_id, job_id))
 }
@@ -163,7 +174,7 @@ WITH active AS (
 ), load AS (
     SELECT course_id, SUM(n) AS n FROM active GROUP BY course_id
 )
-SELECT j.id FROM jobs j
+SELECT j.id, j.user_id, j.course_id FROM jobs j
 LEFT JOIN active a ON a.course_id = j.course_id AND a.user_id = j.user_id
 LEFT JOIN load l ON l.course_id = j.course_id
 LEFT JOIN course_usage u ON u.course_id = j.course_id
@@ -178,6 +189,49 @@ ORDER BY
   COALESCE(u.seconds * $13 / ($13 + ($1 - u.updated_ms)), 0) + COALESCE(l.n, 0) * $14,
   j.enqueued_ms, j.id
 LIMIT 1";
+
+/// The same order on PostgreSQL, without sorting the whole queue: each
+/// course that has jobs contributes its oldest eligible few (an index scan per
+/// course), plus every job due within the window; only those are ranked.
+/// The best job no other runner holds is locked (`FOR UPDATE OF j SKIP LOCKED`).
+const PG_CANDIDATES: &str = "\
+WITH active AS (
+    SELECT course_id, user_id, COUNT(*) AS n FROM jobs WHERE state IN ('leased', 'running', 'grading')
+    GROUP BY course_id, user_id
+), load AS (
+    SELECT course_id, SUM(n) AS n FROM active GROUP BY course_id
+), cand AS (
+    SELECT w.id, w.user_id, w.course_id, w.due_at_ms, w.enqueued_ms FROM course_usage cu
+    CROSS JOIN LATERAL (
+        SELECT j.id, j.user_id, j.course_id, j.due_at_ms, j.enqueued_ms FROM jobs j
+        WHERE j.course_id = cu.course_id AND j.state = 'queued' AND j.cpu_slots <= $2
+          AND (j.gpu_count = 0 OR j.gpu_memory_mb <= CASE j.gpu_count
+                WHEN 1 THEN $3 WHEN 2 THEN $4 WHEN 3 THEN $5 WHEN 4 THEN $6
+                WHEN 5 THEN $7 WHEN 6 THEN $8 WHEN 7 THEN $9 WHEN 8 THEN $10 ELSE -1 END)
+          AND (SELECT COUNT(*) FROM jobs r WHERE r.user_id = j.user_id AND r.course_id = j.course_id
+               AND r.state IN ('leased', 'running', 'grading')) < $11
+        ORDER BY j.enqueued_ms, j.id LIMIT 8
+    ) w
+    UNION
+    SELECT j.id, j.user_id, j.course_id, j.due_at_ms, j.enqueued_ms FROM jobs j
+    WHERE j.state = 'queued' AND j.due_at_ms <= $1 + $12 AND j.cpu_slots <= $2
+      AND (j.gpu_count = 0 OR j.gpu_memory_mb <= CASE j.gpu_count
+            WHEN 1 THEN $3 WHEN 2 THEN $4 WHEN 3 THEN $5 WHEN 4 THEN $6
+            WHEN 5 THEN $7 WHEN 6 THEN $8 WHEN 7 THEN $9 WHEN 8 THEN $10 ELSE -1 END)
+), ranked AS (
+    SELECT c.id, c.enqueued_ms,
+      CASE WHEN c.due_at_ms IS NOT NULL AND c.due_at_ms <= $1 + $12 THEN 0 ELSE 1 END AS urgency,
+      COALESCE(u.seconds * $13 / ($13 + ($1 - u.updated_ms)), 0) + COALESCE(l.n, 0) * $14 AS share
+    FROM cand c
+    LEFT JOIN active a ON a.course_id = c.course_id AND a.user_id = c.user_id
+    LEFT JOIN load l ON l.course_id = c.course_id
+    LEFT JOIN course_usage u ON u.course_id = c.course_id
+    WHERE COALESCE(a.n, 0) < $11
+)
+SELECT j.id, j.user_id, j.course_id FROM ranked r JOIN jobs j ON j.id = r.id
+WHERE j.state = 'queued'
+ORDER BY r.urgency, r.share, r.enqueued_ms, r.id
+LIMIT 1 FOR UPDATE OF j SKIP LOCKED";
 
 /// Columns of a claimed job.
 const CLAIMED_COLUMNS: &str = "id, submission_id, lab_id, attempts, lease, cpu_slots, gpu_count, \
@@ -269,7 +323,8 @@ async fn claim_sqlite(
     let now = now_ms();
     let sql = format!(
         "UPDATE jobs SET state = 'leased', attempts = attempts + 1, runner_id = $15, lease = $16, \
-         lease_expires_ms = $17 WHERE id = ({CANDIDATES}) AND state = 'queued' RETURNING {CLAIMED_COLUMNS}"
+         lease_expires_ms = $17 WHERE id = (SELECT id FROM ({CANDIDATES}) best) AND state = 'queued' \
+         RETURNING {CLAIMED_COLUMNS}"
     );
     let q = bind_candidates(sqlx::query(&sql), now, cap, policy)
         .bind(runner_id)
@@ -295,27 +350,21 @@ async fn claim_postgres(
     cap: &Capacity,
     policy: &QueuePolicy,
 ) -> sqlx::Result<Option<Claimed>> {
-    let pick = format!("{CANDIDATES} FOR UPDATE OF j SKIP LOCKED");
-    // A concurrent claim of the same student's other job can only make the
-    // re-check fail; then the next round sees it committed and skips the student.
-    for _ in 0..4 {
+    // A round fails when a concurrent claim of the same student's other job
+    // makes the re-check fail; the next round sees it committed.
+    for _ in 0..8 {
         let now = now_ms();
         let mut tx = db.pool.begin().await?;
-        let Some(id): Option<String> = bind_candidates(sqlx::query(&pick), now, cap, policy)
+        let Some(row) = bind_candidates(sqlx::query(PG_CANDIDATES), now, cap, policy)
             .fetch_optional(&mut *tx)
             .await?
-            .map(|r| r.try_get::<String, _>(0))
-            .transpose()?
         else {
             tx.rollback().await?;
             return Ok(None);
         };
-        let row = sqlx::query("SELECT user_id, course_id FROM jobs WHERE id = $1")
-            .bind(&id)
-            .fetch_one(&mut *tx)
-            .await?;
-        let user_id: String = row.try_get(0)?;
-        let course_id: String = row.try_get(1)?;
+        let id: String = row.try_get(0)?;
+        let user_id: String = row.try_get(1)?;
+        let course_id: String = row.try_get(2)?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(student_lock_key(&user_id, &course_id))
             .execute(&mut *tx)
