@@ -1,12 +1,12 @@
 //! `/api/v1` labs of a course, submissions and their jobs: submit a recipe or
 //! code, follow the job (state, queue position, events), cancel it.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::Json;
 use sanhak_runner::lab::LabKind;
 use sanhak_runner::protocol::SubmissionKind;
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 
 use super::{ApiErrorBody, ApiJson};
 use crate::auth::{CourseInstructor, CourseMember, CurrentUser};
@@ -210,7 +210,7 @@ pub async fn get_job(
     }))
 }
 
-#[derive(Deserialize, IntoParams)]
+#[derive(Deserialize)]
 pub struct EventsQuery {
     /// Only events after this sequence number.
     pub after: Option<i64>,
@@ -228,13 +228,14 @@ pub struct EventOut {
 
 /// Events of a job in order (at most 1,000 per call; page with `after`).
 #[utoipa::path(get, path = "/api/v1/jobs/{job_id}/events", tag = "labs",
-    params(("job_id" = String, Path), EventsQuery),
+    params(("job_id" = String, Path),
+        ("after" = Option<i64>, Query, description = "Only events after this sequence number")),
     responses((status = 200, body = Vec<EventOut>), (status = 404, body = ApiErrorBody)))]
 pub async fn job_events(
     State(state): State<AppState>,
     CurrentUser(user): CurrentUser,
     Path(job_id): Path<String>,
-    axum::extract::Query(q): axum::extract::Query<EventsQuery>,
+    Query(q): Query<EventsQuery>,
 ) -> AppResult<Json<Vec<EventOut>>> {
     visible_job(&state, &user, &job_id).await?;
     let events = jobs::events(&state.db, &job_id, q.after, 1000).await?;
