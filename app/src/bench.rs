@@ -132,7 +132,7 @@ async fn overhead(
     let addr = app.local_addr()?;
     let state = app.state.clone();
     let server = tokio::spawn(app.run_until_stopped());
-    let worker = crate::worker::spawn_in_process(&state, addr, None).await?;
+    let worker = crate::worker::spawn_in_process(&state, addr, Default::default()).await?;
     let db = &state.db;
     let (course_id, token) = bench_class(db).await?;
     crate::db::labs::add(db, &course_id, LAB, None).await?;

@@ -335,7 +335,7 @@ impl Application {
         )
         .await?;
         let addr = app.local_addr()?;
-        crate::worker::spawn_in_process(&app.state, addr, None).await?;
+        crate::worker::spawn_in_process(&app.state, addr, Default::default()).await?;
         print_logins(Some(addr), &seeded);
         Ok(Some(app))
     }

@@ -424,12 +424,12 @@ async fn run_job(
 /// `<data_dir>/jobs`, shared models from `<data_dir>/models`.
 pub fn default_executor(config: &crate::config::Config) -> anyhow::Result<Executor> {
     let trainer = std::env::current_exe().context("locating the sanhak binary")?;
-    Ok(Executor {
+    Ok(Executor::new(
         trainer,
-        models_dir: Some(config.data_dir.join("models")),
-        work_root: std::path::absolute(config.data_dir.join("jobs"))
-            .context("resolving the jobs folder")?,
-    })
+        Some(config.data_dir.join("models")),
+        std::path::absolute(config.data_dir.join("jobs")).context("resolving the jobs folder")?,
+        std::path::absolute(config.data_dir.join("rlibs")).context("resolving the rlib cache")?,
+    ))
 }
 
 /// This host's name (for runner registrations).
@@ -441,24 +441,34 @@ pub fn host_name() -> String {
         .unwrap_or_else(|| "runner".to_owned())
 }
 
+/// Overrides for an in-process worker (tests and benchmarks).
+#[derive(Debug, Clone, Default)]
+pub struct InProcess {
+    /// The binary run in the sandbox as the trainer (default: this one).
+    pub trainer: Option<PathBuf>,
+    /// Where code labs' prebuilt rlibs are cached (default: `<data_dir>/rlibs`).
+    pub rlib_cache: Option<PathBuf>,
+}
+
 /// Name of the in-process runner of `sanhak demo`.
 pub const IN_PROCESS_RUNNER: &str = "in-process";
 
 /// Starts a worker inside this process, talking to the app at `addr` over
 /// loopback with a fresh runner token (older in-process tokens are revoked).
-///
-/// `trainer` overrides the binary run in the sandbox (default: this one).
 pub async fn spawn_in_process(
     state: &crate::state::AppState,
     addr: std::net::SocketAddr,
-    trainer: Option<PathBuf>,
+    options: InProcess,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     use crate::db::runners;
     runners::revoke(&state.db, IN_PROCESS_RUNNER).await?;
     let (_, token) = runners::create(&state.db, IN_PROCESS_RUNNER, None).await?;
     let mut executor = default_executor(&state.config)?;
-    if let Some(trainer) = trainer {
+    if let Some(trainer) = options.trainer {
         executor.trainer = trainer;
+    }
+    if let Some(cache) = options.rlib_cache {
+        executor.rlib_cache = cache;
     }
     let config = WorkerConfig {
         server: format!("http://{addr}"),

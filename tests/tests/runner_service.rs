@@ -486,9 +486,16 @@ async fn a_submission_is_trained_in_bwrap_graded_and_recorded() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
         let app = quick_app(backend).await;
         let c = class(&app).await;
-        let worker = sanhak::worker::spawn_in_process(&app.state, app.addr, Some(sanhak_bin()))
-            .await
-            .expect("worker");
+        let worker = sanhak::worker::spawn_in_process(
+            &app.state,
+            app.addr,
+            sanhak::worker::InProcess {
+                trainer: Some(sanhak_bin()),
+                rlib_cache: None,
+            },
+        )
+        .await
+        .expect("worker");
         let r = submit(
             &c.student,
             &c.course_id,

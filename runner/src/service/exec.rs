@@ -12,11 +12,15 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use sanhak_sandbox::{self as sandbox, Bind, Limits, LineAction, SandboxSpec, WorkDir};
 
 use super::cache::LabDirs;
+use crate::codelab::compile::{compile_submission, default_compile_limits, Prebuilt};
+use crate::codelab::sandboxed::Isolation;
+use crate::codelab::{self, finetune, CodeOutcome, GradeOptions, GradeProgress};
 use crate::grade::{self, GradeOutcome};
 use crate::lab::Lab;
 use crate::protocol::{self, Fault, JobEvent, JobSpec, Outcome, Phase, SubmissionKind, Usage};
@@ -43,6 +47,10 @@ pub struct Executor {
     pub models_dir: Option<PathBuf>,
     /// Parent of the per-job work folders.
     pub work_root: PathBuf,
+    /// Where code labs' prebuilt rlibs of labkit and candle are cached
+    /// (built once per host, toolchain and version).
+    pub rlib_cache: PathBuf,
+    prebuilt: Arc<OnceLock<Result<Prebuilt, String>>>,
 }
 
 /// How a job ended on this host.
@@ -97,6 +105,30 @@ pub fn limits_for(job: &JobSpec) -> Limits {
 }
 
 impl Executor {
+    pub fn new(
+        trainer: PathBuf,
+        models_dir: Option<PathBuf>,
+        work_root: PathBuf,
+        rlib_cache: PathBuf,
+    ) -> Executor {
+        Executor {
+            trainer,
+            models_dir,
+            work_root,
+            rlib_cache,
+            prebuilt: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// The prebuilt rlibs code labs compile against, built on first use
+    /// (minutes, once per host and toolchain) and cached on disk.
+    pub fn prebuilt(&self) -> Result<&Prebuilt, String> {
+        self.prebuilt
+            .get_or_init(|| Prebuilt::prepare(&self.rlib_cache).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
     /// Removes the work folders a previous run of this runner left behind
     /// (a killed worker cannot unmount its jobs' folders). Call once at start;
     /// each runner needs a work root of its own.
@@ -119,11 +151,7 @@ impl Executor {
     pub fn run(&self, job: &JobSpec, dirs: &LabDirs, ctl: &mut JobControl<'_>) -> JobEnd {
         match job.kind {
             SubmissionKind::Recipe => self.run_recipe(job, dirs, ctl),
-            SubmissionKind::Code => JobEnd::fail(
-                Fault::Infrastructure,
-                "this runner does not run code labs yet",
-                Usage::default(),
-            ),
+            SubmissionKind::Code => self.run_code(job, dirs, ctl),
         }
     }
 
@@ -263,6 +291,150 @@ impl Executor {
         drop(work);
         (ctl.on_phase)(Phase::Grading);
         self.grade(job, dirs, &bytes, usage)
+    }
+
+    /// A code lab: compile the student's `src/lib.rs` in a sandbox with no
+    /// network, then run the hidden numerical tests and the fine-tuning run
+    /// with the compiled program in the training sandbox; the trusted grader
+    /// scores the fine-tuned checkpoint on the hidden split outside it.
+    fn run_code(&self, job: &JobSpec, dirs: &LabDirs, ctl: &mut JobControl<'_>) -> JobEnd {
+        let t0 = Instant::now();
+        let usage = |t0: Instant| Usage {
+            wall_seconds: t0.elapsed().as_secs_f64(),
+            cpu_seconds: t0.elapsed().as_secs_f64(),
+            gpu_seconds: 0.0,
+        };
+        let infra = |what: &str, e: &dyn std::fmt::Display| {
+            JobEnd::fail(Fault::Infrastructure, format!("{what}: {e}"), usage(t0))
+        };
+        let isolation = match Isolation::student() {
+            Ok(i) => i,
+            Err(e) => return infra("this runner cannot run code labs", &e),
+        };
+        let lab = match Lab::load(&dirs.full) {
+            Ok(l) => l,
+            Err(e) => return infra("loading the lab", &e),
+        };
+        let prebuilt = match self.prebuilt() {
+            Ok(p) => p,
+            Err(e) => return infra("preparing the code-lab toolchain", &e),
+        };
+        let folder = self
+            .work_root
+            .join(format!("{}-{}", job.job_id, job.attempt));
+        if let Err(e) = WorkDir::remove_stale(&folder) {
+            return infra("clearing the work folder", &e);
+        }
+        // Removes the folder however the job ends.
+        struct Cleanup<'a>(&'a Path);
+        impl Drop for Cleanup<'_> {
+            fn drop(&mut self) {
+                let _ = WorkDir::remove_stale(self.0);
+            }
+        }
+        let _cleanup = Cleanup(&folder);
+        (ctl.on_phase)(Phase::Running);
+        let mut seq = 0u64;
+        let mut emit = |kind: &str, data: serde_json::Value| {
+            (ctl.on_event)(JobEvent {
+                seq,
+                at_ms: now_ms(),
+                kind: kind.into(),
+                data,
+            });
+            seq += 1;
+        };
+        emit("log", "compiling src/lib.rs".into());
+        let compiled = match compile_submission(
+            prebuilt,
+            &lab,
+            &job.content,
+            &folder.join("build"),
+            &default_compile_limits(),
+        ) {
+            Ok(c) => c,
+            Err(e) => return infra("compiling", &e),
+        };
+        emit(
+            "compile",
+            serde_json::json!({
+                "ok": compiled.binary().is_some(),
+                "diagnostics": compiled.diagnostics,
+                "wall_s": compiled.wall_s,
+            }),
+        );
+        if let Some(failure) = compiled.failure() {
+            let mut message = format!("src/lib.rs does not compile: {failure}");
+            if !compiled.rendered.is_empty() {
+                message.push('\n');
+                message.extend(compiled.rendered.chars().take(8_000));
+            }
+            return JobEnd::fail(Fault::Submission, message, usage(t0));
+        }
+        let Some(binary) = compiled.binary().map(Path::to_path_buf) else {
+            return infra("compiling", &"no binary and no error");
+        };
+        let data = match finetune::prepare_data(&lab, &folder.join("data")) {
+            Ok(d) => d,
+            Err(e) => return infra("preparing the training data", &e),
+        };
+        let opts = GradeOptions {
+            step_scale: job.step_scale,
+            work_dir: folder.join("grade"),
+        };
+        let stop = ctl.stop;
+        let outcome =
+            codelab::grade_submission_isolated(&lab, &binary, &data, &opts, &isolation, &mut |p| {
+                match p {
+                    GradeProgress::Phase(name) => emit("log", format!("phase: {name}").into()),
+                    GradeProgress::Event(e) => {
+                        if !stop.load(Ordering::Relaxed) {
+                            emit(
+                                "event",
+                                serde_json::to_value(e).unwrap_or(serde_json::Value::Null),
+                            );
+                        }
+                    }
+                }
+            });
+        if stop.load(Ordering::Relaxed) {
+            return JobEnd::Cancelled;
+        }
+        (ctl.on_phase)(Phase::Grading);
+        let usage = usage(t0);
+        let complete = match outcome {
+            CodeOutcome::Graded(g) => {
+                let (metric, public_metric) = match &g.fine_tune.outcome {
+                    GradeOutcome::Graded(r) => (Some(r.metric), Some(r.public.metric)),
+                    _ => (None, None),
+                };
+                protocol::Complete {
+                    lease: String::new(),
+                    outcome: Outcome::Graded,
+                    points: Some(g.points),
+                    max_points: g.max_points,
+                    metric,
+                    public_metric,
+                    message: g.feedback.join("\n"),
+                    report: serde_json::to_value(&g).unwrap_or(serde_json::Value::Null),
+                    artifacts: Vec::new(),
+                    usage,
+                }
+            }
+            CodeOutcome::NotGradable { reason } => protocol::Complete {
+                lease: String::new(),
+                outcome: Outcome::NotGradable,
+                points: None,
+                max_points: lab.manifest.grading.points,
+                metric: None,
+                public_metric: None,
+                message: reason,
+                report: serde_json::Value::Null,
+                artifacts: Vec::new(),
+                usage,
+            },
+        };
+        JobEnd::Complete(Box::new(complete))
     }
 
     /// Grades checkpoint bytes with the trusted grader on the full package.
