@@ -100,7 +100,7 @@ async fn run_runner_bench(args: RunnerBenchArgs, labs_dir: PathBuf) -> anyhow::R
         table.extend(q);
     }
     println!();
-    println!("{:<58} {}", "runner service", "measured");
+    println!("{:<58} measured", "runner service");
     for (k, v) in table {
         println!("{k:<58} {v}");
     }

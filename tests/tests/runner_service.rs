@@ -643,7 +643,7 @@ async fn fault_story(backend: Backend) {
     //    expires and graded exactly once by the next worker.
     let mut w1 = start_worker();
     let r = submit(
-        &student,
+        student,
         &c.course_id,
         json!({"recipe": recipe("solution/recipe.toml")}),
     )
@@ -687,7 +687,7 @@ async fn fault_story(backend: Backend) {
 
     // 2. The app restarted while a job runs: nothing is lost, the worker reconnects.
     let r = submit(
-        &student,
+        student,
         &c.course_id,
         json!({"recipe": recipe("solution/recipe.toml")}),
     )
@@ -712,7 +712,7 @@ async fn fault_story(backend: Backend) {
     assert!(j["points"].as_f64().unwrap() > 0.0);
     // And the restarted app hands out new work to the same worker.
     let r = submit(
-        &student,
+        student,
         &c.course_id,
         json!({"recipe": recipe("starter/recipe.toml")}),
     )
