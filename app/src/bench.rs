@@ -63,15 +63,18 @@ pub struct RunnerBenchArgs {
     /// Skip the overhead benchmark.
     #[arg(long)]
     pub no_overhead: bool,
+    /// Compiles timed in the code-lab compile benchmark (0 skips it).
+    #[arg(long, default_value_t = 10)]
+    pub compiles: usize,
 }
 
 impl BenchCommand {
-    pub async fn run(self, labs_dir: PathBuf) -> anyhow::Result<()> {
+    pub async fn run(self, labs_dir: PathBuf, data_dir: PathBuf) -> anyhow::Result<()> {
         match self {
             BenchCommand::Training(cmd) => {
                 tokio::task::spawn_blocking(move || cmd.run(&labs_dir)).await?
             }
-            BenchCommand::Runner(args) => run_runner_bench(args, labs_dir).await,
+            BenchCommand::Runner(args) => run_runner_bench(args, labs_dir, data_dir).await,
         }
     }
 }
@@ -89,8 +92,19 @@ fn percentiles(samples: &mut [f64]) -> (f64, f64) {
     (at(0.50), at(0.99))
 }
 
-async fn run_runner_bench(args: RunnerBenchArgs, labs_dir: PathBuf) -> anyhow::Result<()> {
+async fn run_runner_bench(
+    args: RunnerBenchArgs,
+    labs_dir: PathBuf,
+    data_dir: PathBuf,
+) -> anyhow::Result<()> {
     let mut table: Vec<(String, String)> = Vec::new();
+    if args.compiles > 0 {
+        let runs = args.compiles;
+        let labs = labs_dir.clone();
+        let rows =
+            tokio::task::spawn_blocking(move || compile_times(runs, &labs, &data_dir)).await??;
+        table.extend(rows);
+    }
     if !args.no_overhead {
         let o = overhead(&args, &labs_dir).await?;
         table.extend(o);
@@ -108,6 +122,46 @@ async fn run_runner_bench(args: RunnerBenchArgs, labs_dir: PathBuf) -> anyhow::R
 }
 
 const LAB: &str = "fashion-transfer";
+const CODE_LAB: &str = "lora-from-scratch";
+
+/// Compiles of the code lab's reference `src/lib.rs` in the sandbox with a
+/// warm rlib cache, next to the same rustc calls on the host.
+fn compile_times(
+    runs: usize,
+    labs_dir: &Path,
+    data_dir: &Path,
+) -> anyhow::Result<Vec<(String, String)>> {
+    use sanhak_runner::codelab::compile::{bench_compile, Prebuilt};
+    let cache = data_dir.join("rlibs");
+    let t = Instant::now();
+    let prebuilt = Prebuilt::prepare(&cache)?;
+    let prepare_s = t.elapsed().as_secs_f64();
+    let lab = sanhak_runner::lab::Lab::load(&labs_dir.join(CODE_LAB))?;
+    let source = std::fs::read_to_string(labs_dir.join(CODE_LAB).join("solution/src/lib.rs"))?;
+    let scratch = tempfile::tempdir()?;
+    let b = bench_compile(&prebuilt, &lab, &source, runs, scratch.path())?;
+    Ok(vec![
+        (
+            "rlib prebuild (cache hit when warm)".into(),
+            format!("{prepare_s:.1} s"),
+        ),
+        (
+            format!("code-lab compile in the sandbox ({} runs)", b.runs),
+            format!(
+                "p50 {:.2} s  p99 {:.2} s",
+                b.sandboxed_p50_s, b.sandboxed_p99_s
+            ),
+        ),
+        (
+            "baseline: same rustc calls, no sandbox".into(),
+            format!("p50 {:.2} s  p99 {:.2} s", b.bare_p50_s, b.bare_p99_s),
+        ),
+        (
+            "ratio: sandboxed / bare (p50)".into(),
+            format!("{:.2}", b.sandboxed_p50_s / b.bare_p50_s),
+        ),
+    ])
+}
 const OVERHEAD_STEP_SCALE: f64 = 0.01;
 
 async fn overhead(

@@ -188,7 +188,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             db.migrate().await?;
             runner_command(&db, cmd).await
         }
-        Command::Bench(cmd) => cmd.run(config.labs_dir.clone()).await,
+        Command::Bench(cmd) => {
+            cmd.run(config.labs_dir.clone(), config.data_dir.clone())
+                .await
+        }
         Command::Model(ModelCommand::Fetch { name: _, python }) => {
             let data_dir = config.data_dir.clone();
             let dir = tokio::task::spawn_blocking(move || {

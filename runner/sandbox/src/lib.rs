@@ -100,6 +100,10 @@ pub struct SandboxSpec {
     /// work folder (create it with [`WorkDir::create_owned`]) and read the
     /// bind sources (every parent folder traversable).
     pub host_user: Option<(u32, u32)>,
+    /// Set by the caller (e.g. when the job is cancelled) to kill the job
+    /// within a watchdog tick, even if it prints nothing; it then ends as
+    /// [`Status::Stopped`].
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// The guest path where the work folder is mounted.
@@ -119,6 +123,7 @@ impl SandboxSpec {
             uid: 1000,
             gid: 1000,
             host_user: None,
+            cancel: None,
         }
     }
 }

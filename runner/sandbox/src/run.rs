@@ -226,9 +226,10 @@ pub fn run(
         let deadline = started + limits.wall;
         let disk =
             (!work_tmpfs).then(|| (spec.work.clone(), limits.work_bytes, limits.work_inodes));
+        let cancel = spec.cancel.clone();
         thread::Builder::new()
             .name("sandbox-watchdog".into())
-            .spawn(move || watch(&shared, deadline, disk, tree_caps, &done_rx))
+            .spawn(move || watch(&shared, deadline, disk, tree_caps, cancel, &done_rx))
             .map_err(|e| abort("starting the watchdog", e))?
     };
 
@@ -358,6 +359,7 @@ fn watch(
     deadline: Instant,
     disk: Option<(PathBuf, u64, u64)>,
     tree_caps: TreeCaps,
+    cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
     done: &mpsc::Receiver<()>,
 ) {
     let mut next_disk = Instant::now();
@@ -370,6 +372,13 @@ fn watch(
         let now = Instant::now();
         if now >= deadline {
             shared.kill(Status::WallTimeout);
+            return;
+        }
+        if cancel
+            .as_ref()
+            .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+        {
+            shared.kill(Status::Stopped);
             return;
         }
         if let Some((path, max_bytes, max_inodes)) = &disk {

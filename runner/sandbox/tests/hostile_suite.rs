@@ -348,6 +348,31 @@ fn sleeping_forever_hits_the_wall_clock() {
 }
 
 #[test]
+fn a_silent_job_is_stopped_when_cancelled() {
+    let Some(fx) = fixture() else { return };
+    let l = Limits {
+        wall: Duration::from_secs(60),
+        ..limits()
+    };
+    let j = job(&l);
+    let mut spec = j.sh("sleep 1000; echo never", &l);
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    spec.cancel = Some(cancel.clone());
+    let flag = cancel.clone();
+    let canceller = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let (outcome, lines) = run_all(&spec);
+    canceller.join().expect("canceller");
+    assert_eq!(outcome.status, Status::Stopped, "{outcome:?}");
+    assert!(lines.is_empty());
+    // Stopped by the flag, not by the 60 s wall clock.
+    assert!(outcome.wall < Duration::from_secs(30), "{outcome:?}");
+    assert_host_fine(fx, &j.token);
+}
+
+#[test]
 fn filling_the_disk_hits_the_disk_limit() {
     let Some(fx) = fixture() else { return };
     let j = job(&limits());

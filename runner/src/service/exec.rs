@@ -81,8 +81,9 @@ pub struct JobControl<'a> {
     pub on_event: &'a mut (dyn FnMut(JobEvent) + Send),
     /// Phase changes (the worker reports them with its heartbeat).
     pub on_phase: &'a mut (dyn FnMut(Phase) + Send),
-    /// Set by the worker when the app cancels the job or the lease is lost.
-    pub stop: &'a AtomicBool,
+    /// Set by the worker when the app cancels the job or the lease is lost;
+    /// the sandbox is killed within a watchdog tick.
+    pub stop: &'a Arc<AtomicBool>,
 }
 
 fn now_ms() -> i64 {
@@ -201,6 +202,7 @@ impl Executor {
         }
         let mut spec = SandboxSpec::new(command, work.path());
         spec.limits = limits;
+        spec.cancel = Some(ctl.stop.clone());
         spec.ro_binds.push(Bind::new(&self.trainer, GUEST_TRAINER));
         spec.ro_binds.push(Bind::new(&dirs.public, &guest_lab));
         spec.env.push(("SANHAK_DATA_DIR".into(), GUEST_DATA.into()));
@@ -212,7 +214,7 @@ impl Executor {
         (ctl.on_phase)(Phase::Running);
         let mut seq = 0u64;
         let mut flooded = false;
-        let stop = ctl.stop;
+        let stop = &**ctl.stop;
         let on_event = &mut *ctl.on_event;
         let result = sandbox::run(&spec, &mut |line: &str| {
             if stop.load(Ordering::Relaxed) {
