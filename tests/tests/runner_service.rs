@@ -429,6 +429,17 @@ both_backends!(
             "students never see the private metric"
         );
         assert_eq!(job(&c.instructor, &id).await["metric"], 0.8);
+        // The queue shows on /metrics.
+        let metrics = reqwest::get(app.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("sanhak_jobs{state=\"done\"} 1"),
+            "{metrics}"
+        );
         // Events after the result are refused.
         let r = runner
             .request(Method::POST, &format!("{p}/jobs/{id}/events"))

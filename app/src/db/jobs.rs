@@ -851,25 +851,6 @@ pub async fn view(db: &Db, job_id: &str) -> sqlx::Result<Option<JobView>> {
         .await
 }
 
-/// A student's jobs in a course (newest first).
-pub async fn of_student(db: &Db, course_id: &str, user_id: &str) -> sqlx::Result<Vec<JobView>> {
-    sqlx::query_as(&format!(
-        "{VIEW} WHERE j.course_id = $1 AND j.user_id = $2 ORDER BY j.enqueued_ms DESC"
-    ))
-    .bind(course_id)
-    .bind(user_id)
-    .fetch_all(&db.pool)
-    .await
-}
-
-/// The grader's full report of a job (JSON text).
-pub async fn report(db: &Db, job_id: &str) -> sqlx::Result<Option<String>> {
-    sqlx::query_scalar("SELECT report FROM jobs WHERE id = $1")
-        .bind(job_id)
-        .fetch_optional(&db.pool)
-        .await
-}
-
 /// The submission a claimed job runs: kind, content, content hash, lab version.
 #[derive(Debug, Clone, FromRow)]
 pub struct SubmissionBody {

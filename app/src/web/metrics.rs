@@ -1,5 +1,6 @@
 //! Prometheus metrics: request counts and latency by route (the matched route
-//! pattern, never the raw path, so ids do not explode the label set).
+//! pattern, never the raw path, so ids do not explode the label set), and
+//! the job queue's jobs by state, read when scraped.
 
 use std::time::Instant;
 
@@ -8,7 +9,8 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus::{
-    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::state::AppState;
@@ -17,6 +19,7 @@ pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     latency: HistogramVec,
+    jobs: IntGaugeVec,
 }
 
 impl Metrics {
@@ -39,12 +42,15 @@ impl Metrics {
             ]),
             &["method", "route"],
         )?;
+        let jobs = IntGaugeVec::new(Opts::new("jobs", "Jobs by state"), &["state"])?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(jobs.clone()))?;
         Ok(Metrics {
             registry,
             requests,
             latency,
+            jobs,
         })
     }
 
@@ -84,6 +90,15 @@ pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> R
 
 /// `GET /metrics`, in the Prometheus text format.
 pub async fn export(State(state): State<AppState>) -> Response {
+    match crate::db::jobs::counts(&state.db).await {
+        Ok(counts) => {
+            state.metrics.jobs.reset();
+            for (job_state, n) in counts {
+                state.metrics.jobs.with_label_values(&[&job_state]).set(n);
+            }
+        }
+        Err(e) => return crate::error::AppError::from(e).into_response(),
+    }
     match state.metrics.encode() {
         Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
         Err(e) => crate::error::AppError::Internal(e).into_response(),
