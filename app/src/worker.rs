@@ -190,7 +190,8 @@ async fn serve(config: WorkerConfig) -> anyhow::Result<()> {
             }
             let claim = protocol::Claim {
                 free_cpu_slots: free,
-                // GPU packing: each GPU's memory less what its jobs declared.
+                // The worker offers no GPUs yet (`gpus` is empty), so it is
+                // only handed CPU jobs.
                 free_gpu_memory_mb: config.gpus.iter().map(|g| g.memory_mb).collect(),
                 wait_ms: registered.max_wait_ms,
             };
@@ -208,7 +209,8 @@ async fn serve(config: WorkerConfig) -> anyhow::Result<()> {
                             tracing::error!(job = %id, error = %e, "job ended without a report");
                         }
                         free_cpu.fetch_add(slots, Ordering::SeqCst);
-                        freed.notify_waiters();
+                        // notify_one keeps a permit if the loop is not waiting yet.
+                        freed.notify_one();
                     });
                 }
                 Ok(None) => {}
