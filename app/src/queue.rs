@@ -112,7 +112,7 @@ fn package_of(lab: Lab) -> anyhow::Result<CatalogEntry> {
             path,
             sha256: sha.clone(),
             bytes: meta.len(),
-            trusted: Lab::is_trusted_only(rel),
+            trusted: lab.is_trusted_path(rel),
         });
         blobs.insert(sha, abs.to_path_buf());
         Ok(())

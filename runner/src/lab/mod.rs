@@ -266,6 +266,17 @@ impl Lab {
         )
     }
 
+    /// [`Lab::is_trusted_only`], plus this lab's own solution folder when its
+    /// `[code]` names another one.
+    pub fn is_trusted_path(&self, rel: &Path) -> bool {
+        Self::is_trusted_only(rel)
+            || self
+                .manifest
+                .code
+                .as_ref()
+                .is_some_and(|c| rel.starts_with(&c.solution))
+    }
+
     fn load_with(dir: &Path, public_only: bool) -> Result<Lab, LabError> {
         let file = dir.join(MANIFEST_FILE);
         let text = std::fs::read_to_string(&file).map_err(|source| LabError::Io {
