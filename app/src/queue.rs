@@ -160,11 +160,12 @@ fn walk(
     Ok(())
 }
 
-/// A stored job event, published to subscribers (the live-progress page).
+/// News of a job for subscribers (the live-progress page): a stored event,
+/// or `None` when the job's state changed (its result came, it was cancelled).
 #[derive(Debug, Clone)]
 pub struct JobUpdate {
     pub job_id: String,
-    pub event: StoredEvent,
+    pub event: Option<StoredEvent>,
 }
 
 /// Channel capacity for live events; a slow subscriber skips ahead and
@@ -215,9 +216,17 @@ impl Queue {
             // No subscriber is fine.
             let _ = self.events.send(JobUpdate {
                 job_id: job_id.to_owned(),
-                event,
+                event: Some(event),
             });
         }
+    }
+
+    /// Tells subscribers that the job's state changed.
+    pub fn changed(&self, job_id: &str) {
+        let _ = self.events.send(JobUpdate {
+            job_id: job_id.to_owned(),
+            event: None,
+        });
     }
 }
 

@@ -95,6 +95,8 @@ const PAGES: &[Row] = &[
     row("GET", "/metrics", EVERYONE),
     row("GET", "/static/{*path}", EVERYONE),
     row("GET", "/api/v1/openapi.json", EVERYONE),
+    // `{job_id}` is the student's job: its student and the course's staff.
+    row("GET", "/jobs/{job_id}/stream", MEMBERS),
 ];
 
 const API: &[Row] = &[

@@ -462,6 +462,154 @@ both_backends!(
     }
 );
 
+/// Reads a Server-Sent Events response until `done(text so far)` holds.
+async fn read_sse_until(r: reqwest::Response, done: impl Fn(&str) -> bool) -> String {
+    use futures::StreamExt as _;
+    let mut body = r.bytes_stream();
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !done(&text) {
+        match tokio::time::timeout_at(deadline, body.next()).await {
+            Ok(Some(Ok(chunk))) => text.push_str(&String::from_utf8_lossy(&chunk)),
+            Ok(_) => break,
+            Err(_) => panic!("the stream never showed what was expected:\n{text}"),
+        }
+    }
+    text
+}
+
+both_backends!(live_events_stream_and_resume, |app: TestApp| async move {
+    let c = class(&app).await;
+    let r = submit(
+        &c.student,
+        &c.course_id,
+        json!({"recipe": recipe("starter/recipe.toml")}),
+    )
+    .await;
+    let id = r.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let runner = runner_api(&app, Some(&c.runner_token));
+    let p = protocol::API_PREFIX;
+    let spec: protocol::JobSpec = runner
+        .request(Method::POST, &format!("{p}/claim"))
+        .json(&protocol::Claim {
+            free_cpu_slots: 2,
+            free_gpu_memory_mb: vec![],
+            wait_ms: 1000,
+        })
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let post_event = |seq: u64| {
+        let body = protocol::EventBatch {
+            lease: spec.lease.clone(),
+            events: vec![protocol::JobEvent {
+                seq,
+                at_ms: 1,
+                kind: "event".into(),
+                data: json!({"event": "step", "step": seq, "loss": 1.5}),
+            }],
+        };
+        runner
+            .request(Method::POST, &format!("{p}/jobs/{id}/events"))
+            .json(&body)
+            .send()
+    };
+    assert_eq!(
+        post_event(0).await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
+
+    // The student's browser (session cookie) watches the job.
+    let browser = app.browser();
+    assert_eq!(
+        browser
+            .login("a@svc.test", sanhak_tests::PASSWORD)
+            .await
+            .status(),
+        StatusCode::SEE_OTHER
+    );
+    let url = app.url(&format!("/jobs/{id}/stream"));
+    let r = browser.client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers()[reqwest::header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let first = tokio::spawn(read_sse_until(r, |t| t.contains("id: 1")));
+    // A live event arrives on the open stream.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        post_event(1).await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
+    let text = first.await.unwrap();
+    assert!(
+        text.contains("event: event") && text.contains("id: 0"),
+        "{text}"
+    );
+    assert!(text.contains("\"step\":1"), "{text}");
+
+    // Reconnecting with Last-Event-ID resumes after it.
+    let r = browser
+        .client
+        .get(&url)
+        .header("Last-Event-ID", "0")
+        .send()
+        .await
+        .unwrap();
+    let resumed = tokio::spawn(read_sse_until(r, |t| t.contains("event: end")));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        post_event(2).await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
+    let complete = protocol::Complete {
+        lease: spec.lease.clone(),
+        outcome: protocol::Outcome::Graded,
+        points: Some(1.0),
+        max_points: 100.0,
+        metric: None,
+        public_metric: None,
+        message: "graded".into(),
+        report: json!({}),
+        artifacts: vec![],
+        usage: protocol::Usage::default(),
+    };
+    runner
+        .request(Method::POST, &format!("{p}/jobs/{id}/complete"))
+        .json(&complete)
+        .send()
+        .await
+        .unwrap();
+    let text = resumed.await.unwrap();
+    assert!(
+        !text.contains("id: 0\n"),
+        "event 0 sent again after Last-Event-ID 0:\n{text}"
+    );
+    assert!(text.contains("id: 1") && text.contains("id: 2"), "{text}");
+    assert!(text.contains("event: end\ndata: done"), "{text}");
+
+    // Another student may not watch it.
+    let other = app.browser();
+    assert_eq!(
+        other
+            .login("b@svc.test", sanhak_tests::PASSWORD)
+            .await
+            .status(),
+        StatusCode::SEE_OTHER
+    );
+    assert_eq!(
+        other.client.get(&url).send().await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+});
+
 /// An app whose jobs train at a small fraction of the lab's steps.
 async fn quick_app(backend: Backend) -> TestApp {
     TestApp::spawn_with(backend, |s| {

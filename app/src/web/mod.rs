@@ -6,6 +6,7 @@ pub mod admin;
 pub mod api;
 pub mod courses;
 pub mod home;
+pub mod jobs;
 pub mod metrics;
 pub mod ops;
 pub mod orgs;
@@ -50,6 +51,7 @@ fn pages() -> Router<AppState> {
         .route("/courses/new", get(courses::new_page).post(courses::create))
         .route("/courses/join", get(courses::join_page).post(courses::join))
         .route("/courses/{course_id}", get(courses::show))
+        .route("/jobs/{job_id}/stream", get(jobs::stream))
         .route(
             "/courses/{course_id}/join-code",
             post(courses::regenerate_code),

@@ -165,7 +165,7 @@ pub async fn submit(
 
 /// The job, if the caller may see it: its student, or the course's staff.
 /// Students never see the metric on the whole hidden split.
-async fn visible_job(
+pub(crate) async fn visible_job(
     state: &AppState,
     user: &crate::db::users::User,
     job_id: &str,
@@ -271,6 +271,7 @@ pub async fn cancel_job(
     if jobs::cancel(&state.db, &job_id, by).await?.is_none() {
         return Err(AppError::Conflict("job_already_finished"));
     }
+    state.queue.changed(&job_id);
     let (job, _) = visible_job(&state, &user, &job_id).await?;
     Ok(Json(JobOut {
         job,

@@ -223,6 +223,9 @@ async fn complete(
     ApiJson(body): ApiJson<protocol::Complete>,
 ) -> AppResult<Json<protocol::ReportReply>> {
     let report = jobs::complete(&state.db, &job_id, &body, &state.queue.policy).await?;
+    if let Report::Recorded(_) = report {
+        state.queue.changed(&job_id);
+    }
     if let Report::Duplicate(_) = report {
         tracing::info!(job = %job_id, "ignored a duplicate completion report");
     }
@@ -236,8 +239,11 @@ async fn fail(
     ApiJson(body): ApiJson<protocol::Fail>,
 ) -> AppResult<Json<protocol::ReportReply>> {
     let report = jobs::fail(&state.db, &job_id, &body, &state.queue.policy).await?;
-    if matches!(&report, Report::Recorded(s) if s == "queued") {
-        state.queue.wake();
+    if let Report::Recorded(s) = &report {
+        state.queue.changed(&job_id);
+        if s == "queued" {
+            state.queue.wake();
+        }
     }
     report_reply(report)
 }
