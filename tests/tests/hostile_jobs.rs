@@ -20,12 +20,19 @@ fn source(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// The lab's starter with the hostile act `tests/hostile_jobs/<name>.rs`
+/// inserted at the top of `LoraLayer::new`, right after its rank check.
 fn hostile(name: &str) -> String {
-    source(
-        &Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/hostile_jobs")
-            .join(format!("{name}.rs")),
-    )
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hostile_jobs");
+    let act = source(&dir.join(format!("{name}.rs")));
+    let starter = lab_source("starter");
+    let marker = "            bail!(\"LoRA rank must be at least 1\");\n        }\n";
+    let at = starter.find(marker).expect("the starter's rank check") + marker.len();
+    let mut code = format!("{}{act}{}", &starter[..at], &starter[at..]);
+    if act.contains("train_out()") {
+        code.push_str(&source(&dir.join("train_out.rs")));
+    }
+    code
 }
 
 fn lab_source(which: &str) -> String {
