@@ -489,8 +489,13 @@ async fn seed_jobs(
             resources,
             step_scale: 1.0,
             due_at_ms: None,
+            late_seconds: 0,
+            penalty_pct: 0.0,
+            limits: jobs::AttemptLimits::default(),
         };
-        jobs::submit(db, &new, &policy).await?;
+        if let Err(refused) = jobs::submit(db, &new, &policy).await? {
+            anyhow::bail!("the bench's submission was refused: {refused:?}");
+        }
     }
     Ok(())
 }

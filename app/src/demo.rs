@@ -142,11 +142,22 @@ pub async fn seed(db: &Db) -> anyhow::Result<Seeded> {
     })
 }
 
-/// Offers every lab of the catalog in the demo course (keeping deadlines set since).
+/// Offers every lab of the catalog in the demo course (keeping settings
+/// changed since): due in two weeks, late submissions for three days at 10%
+/// a day, ten attempts a day, the best attempt counting.
 pub async fn offer_labs(db: &Db, course_id: &str, lab_ids: &[String]) -> anyhow::Result<()> {
+    use crate::db::labs::{LabSettings, LatePolicy};
+    let settings = LabSettings {
+        due_at: Some(crate::db::now() + 14 * 86_400),
+        late_policy: LatePolicy::Penalty,
+        late_penalty_pct: 10.0,
+        late_days: 3,
+        max_per_day: Some(10),
+        ..LabSettings::default()
+    };
     for id in lab_ids {
         if crate::db::labs::get(db, course_id, id).await?.is_none() {
-            crate::db::labs::add(db, course_id, id, None).await?;
+            crate::db::labs::put(db, course_id, id, &settings).await?;
         }
     }
     Ok(())

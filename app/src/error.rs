@@ -32,6 +32,10 @@ pub enum AppError {
     /// message says exactly what is wrong (it may name fields).
     #[error("{0}")]
     Unprocessable(String),
+    /// The course's rules refuse this now (a deadline passed, the attempts
+    /// are used up): a stable code and a message that says when it changes.
+    #[error("{message}")]
+    Refused { code: &'static str, message: String },
     /// The service cannot take this now (e.g. no runner can ever fit the job).
     #[error("{0}")]
     Unavailable(String),
@@ -65,7 +69,7 @@ impl AppError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            AppError::Conflict(_) => StatusCode::CONFLICT,
+            AppError::Conflict(_) | AppError::Refused { .. } => StatusCode::CONFLICT,
             AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -80,6 +84,7 @@ impl AppError {
             AppError::Validation(_) => "validation_failed",
             AppError::Unprocessable(_) => "unprocessable",
             AppError::Unavailable(_) => "unavailable",
+            AppError::Refused { code, .. } => code,
             AppError::LoginRequired { .. } => "unauthorized",
             AppError::BadRequest(key) | AppError::Conflict(key) => key,
             AppError::TooManyRequests { .. } => "too_many_requests",
@@ -104,7 +109,9 @@ impl AppError {
             AppError::TooManyRequests { retry_after } => {
                 format!("too many attempts; retry in {retry_after} s")
             }
-            AppError::Unprocessable(m) | AppError::Unavailable(m) => m.clone(),
+            AppError::Unprocessable(m)
+            | AppError::Unavailable(m)
+            | AppError::Refused { message: m, .. } => m.clone(),
             AppError::Internal(_) => "internal error".into(),
         }
     }

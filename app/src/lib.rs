@@ -8,6 +8,7 @@ pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod coursework;
 pub mod db;
 pub mod demo;
 pub mod domain;

@@ -84,6 +84,11 @@ impl LabCatalog {
         self.labs.get(id).cloned()
     }
 
+    /// Every lab package.
+    pub fn entries(&self) -> impl Iterator<Item = &Arc<CatalogEntry>> + '_ {
+        self.labs.values()
+    }
+
     pub fn ids(&self) -> Vec<String> {
         let mut ids: Vec<String> = self.labs.keys().cloned().collect();
         ids.sort();

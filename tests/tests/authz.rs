@@ -31,6 +31,7 @@ const TEACHER: &[Who] = &[Instructor, Admin];
 const ADMIN: &[Who] = &[Admin];
 const CREATORS: &[Who] = &[Instructor, Admin];
 const NOBODY: &[Who] = &[];
+const STUDENTS: &[Who] = &[Student];
 
 struct Row {
     method: &'static str,
@@ -95,8 +96,44 @@ const PAGES: &[Row] = &[
     row("GET", "/metrics", EVERYONE),
     row("GET", "/static/{*path}", EVERYONE),
     row("GET", "/api/v1/openapi.json", EVERYONE),
+    // Labs of course A (released, no deadline); `{user_id}` is not a student
+    // of it, so staff get a 404 where a student is named.
+    row("POST", "/courses/{course_id}/labs", TEACHER),
+    row("GET", "/courses/{course_id}/labs/{lab_id}", MEMBERS),
+    row("POST", "/courses/{course_id}/labs/{lab_id}/submit", MEMBERS),
+    row(
+        "GET",
+        "/courses/{course_id}/labs/{lab_id}/leaderboard",
+        MEMBERS,
+    ),
+    row(
+        "GET",
+        "/courses/{course_id}/labs/{lab_id}/settings",
+        TEACHER,
+    ),
+    row(
+        "POST",
+        "/courses/{course_id}/labs/{lab_id}/settings",
+        TEACHER,
+    ),
+    row(
+        "POST",
+        "/courses/{course_id}/labs/{lab_id}/extensions",
+        TEACHER,
+    ),
+    row(
+        "POST",
+        "/courses/{course_id}/labs/{lab_id}/extensions/{user_id}/remove",
+        TEACHER,
+    ),
+    row("POST", "/courses/{course_id}/leaderboard-name", STUDENTS),
+    row("GET", "/courses/{course_id}/gradebook", STAFF),
+    row("GET", "/courses/{course_id}/gradebook.csv", STAFF),
+    row("GET", "/courses/{course_id}/gradebook/{user_id}", STAFF),
     // `{job_id}` is the student's job: its student and the course's staff.
+    row("GET", "/jobs/{job_id}", MEMBERS),
     row("GET", "/jobs/{job_id}/stream", MEMBERS),
+    row("POST", "/jobs/{job_id}/cancel", MEMBERS),
 ];
 
 const API: &[Row] = &[
@@ -237,10 +274,14 @@ async fn world(app: &TestApp) -> World {
             resources: entry.resources(),
             step_scale: 1.0,
             due_at_ms: None,
+            late_seconds: 0,
+            penalty_pct: 0.0,
+            limits: sanhak::db::jobs::AttemptLimits::default(),
         },
         &app.state.queue.policy,
     )
     .await
+    .unwrap()
     .unwrap();
 
     let mut browsers = vec![(Anonymous, app.browser())];

@@ -93,8 +93,15 @@ async fn submit_with(
         resources,
         step_scale: 1.0,
         due_at_ms,
+        late_seconds: 0,
+        penalty_pct: 0.0,
+        limits: jobs::AttemptLimits::default(),
     };
-    jobs::submit(db, &new, policy).await.expect("submit").1
+    jobs::submit(db, &new, policy)
+        .await
+        .expect("submit")
+        .expect("no limits")
+        .1
 }
 
 async fn submit(db: &Db, course: &str, student: &str, policy: &QueuePolicy) -> String {

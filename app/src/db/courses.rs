@@ -250,3 +250,34 @@ pub async fn of_user(db: &Db, user_id: &str) -> sqlx::Result<Vec<MyCourse>> {
     .fetch_all(&db.pool)
     .await
 }
+
+/// Each student's chosen leaderboard name in a course (`None`: anonymous).
+pub async fn leaderboard_names(
+    db: &Db,
+    course_id: &str,
+) -> sqlx::Result<Vec<(String, Option<String>)>> {
+    sqlx::query_as(
+        "SELECT user_id, leaderboard_name FROM enrollments WHERE course_id = $1 AND role = 'student'",
+    )
+    .bind(course_id)
+    .fetch_all(&db.pool)
+    .await
+}
+
+/// Sets (or clears, for anonymity) a student's leaderboard name.
+pub async fn set_leaderboard_name(
+    db: &Db,
+    course_id: &str,
+    user_id: &str,
+    name: Option<&str>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE enrollments SET leaderboard_name = $1 WHERE course_id = $2 AND user_id = $3",
+    )
+    .bind(name)
+    .bind(course_id)
+    .bind(user_id)
+    .execute(&db.pool)
+    .await?;
+    Ok(())
+}

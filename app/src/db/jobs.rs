@@ -76,24 +76,82 @@ pub struct NewSubmission<'a> {
     pub resources: Resources,
     pub step_scale: f64,
     pub due_at_ms: Option<i64>,
+    /// Seconds after the student's deadline (0: on time).
+    pub late_seconds: i64,
+    /// Late penalty in percent.
+    pub penalty_pct: f64,
+    pub limits: AttemptLimits,
 }
 
-/// Stores a submission and enqueues its job, in one transaction.
-/// Returns `(submission_id, job_id)`.
+/// Attempt limits checked in the same transaction that stores a submission,
+/// so two submissions at once cannot both take the last attempt.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AttemptLimits {
+    pub max_total: Option<i64>,
+    pub max_per_day: Option<i64>,
+}
+
+/// A submission the attempt limits refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SubmitRefusal {
+    AttemptsUsed {
+        max: i64,
+    },
+    /// `oldest_at`: when the oldest attempt of the last 24 hours was made.
+    DailyLimit {
+        max: i64,
+        oldest_at: Option<i64>,
+    },
+}
+
+/// Attempts of a student in a lab that count towards the limits, with the
+/// placeholders that carry the course, the lab and the student.
+fn counted_attempts(course: &str, lab: &str, user: &str) -> String {
+    format!(
+        "SELECT COUNT(*) FROM submissions s JOIN jobs j ON j.submission_id = s.id \
+         WHERE s.course_id = {course} AND s.lab_id = {lab} AND s.user_id = {user} \
+         AND j.state NOT IN ('not_gradable', 'cancelled')"
+    )
+}
+
+/// A stable 64-bit key for the advisory lock of one student's submissions to one lab.
+fn submit_lock_key(user_id: &str, course_id: &str, lab_id: &str) -> i64 {
+    use sha2::{Digest as _, Sha256};
+    let d = Sha256::digest(format!("submit\0{course_id}\0{lab_id}\0{user_id}").as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    i64::from_le_bytes(b)
+}
+
+/// Stores a submission and enqueues its job, in one transaction, unless the
+/// attempt limits refuse it. Returns `(submission_id, job_id)`.
 #[tracing::instrument(skip_all)]
 pub async fn submit(
     db: &Db,
     new: &NewSubmission<'_>,
     policy: &QueuePolicy,
-) -> sqlx::Result<(String, String)> {
+) -> sqlx::Result<Result<(String, String), SubmitRefusal>> {
     let submission_id = new_id();
     let job_id = new_id();
     let now = now_ms();
+    let day_start = now / 1000 - 86_400;
     let mut tx = db.pool.begin().await?;
-    sqlx::query(
-        "INSERT INTO submissions (id, course_id, lab_id, lab_version, lab_hash, user_id, kind, content, content_hash, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
+    if db.backend == Backend::Postgres {
+        // Serialise one student's submissions to one lab, so the counts below
+        // see every committed attempt. (On SQLite the INSERT below takes the
+        // write lock before it reads.)
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(submit_lock_key(new.user_id, new.course_id, new.lab_id))
+            .execute(&mut *tx)
+            .await?;
+    }
+    let counted = counted_attempts("$2", "$3", "$6");
+    let inserted = sqlx::query(&format!(
+        "INSERT INTO submissions (id, course_id, lab_id, lab_version, lab_hash, user_id, kind, content, \
+         content_hash, created_at, late_seconds, penalty_pct) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 \
+         WHERE ({counted}) < $13 AND ({counted} AND s.created_at > $14) < $15"
+    ))
     .bind(&submission_id)
     .bind(new.course_id)
     .bind(new.lab_id)
@@ -104,8 +162,40 @@ pub async fn submit(
     .bind(new.content)
     .bind(protocol::sha256_hex(new.content.as_bytes()))
     .bind(now / 1000)
+    .bind(new.late_seconds)
+    .bind(new.penalty_pct)
+    .bind(new.limits.max_total.unwrap_or(i64::MAX))
+    .bind(day_start)
+    .bind(new.limits.max_per_day.unwrap_or(i64::MAX))
     .execute(&mut *tx)
     .await?;
+    if inserted.rows_affected() == 0 {
+        let total: i64 = sqlx::query_scalar(&counted_attempts("$1", "$2", "$3"))
+            .bind(new.course_id)
+            .bind(new.lab_id)
+            .bind(new.user_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.rollback().await?;
+        if let Some(max) = new.limits.max_total.filter(|m| total >= *m) {
+            return Ok(Err(SubmitRefusal::AttemptsUsed { max }));
+        }
+        let oldest_at: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(s.created_at) FROM submissions s JOIN jobs j ON j.submission_id = s.id \
+             WHERE s.course_id = $1 AND s.lab_id = $2 AND s.user_id = $3 \
+             AND j.state NOT IN ('not_gradable', 'cancelled') AND s.created_at > $4",
+        )
+        .bind(new.course_id)
+        .bind(new.lab_id)
+        .bind(new.user_id)
+        .bind(day_start)
+        .fetch_one(&db.pool)
+        .await?;
+        return Ok(Err(SubmitRefusal::DailyLimit {
+            max: new.limits.max_per_day.unwrap_or(0),
+            oldest_at,
+        }));
+    }
     let r = &new.resources;
     sqlx::query(
         "INSERT INTO jobs (id, submission_id, course_id, user_id, lab_id, state, max_attempts, cpu_slots, gpu_count, \
@@ -138,7 +228,7 @@ pub async fn submit(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok((submission_id, job_id))
+    Ok(Ok((submission_id, job_id)))
 }
 
 /// The free capacity a runner reports with a claim.
@@ -685,6 +775,10 @@ pub async fn complete(
     .bind(now)
     .bind(job_id)
     .bind(&c.lease)
+    // Not cached: sqlx 0.8's `Any` driver sends a `None` f64 to PostgreSQL as
+    // a float4 NULL, so a statement prepared with one would reject a later
+    // f64 on the same connection ("incorrect binary data format").
+    .persistent(false)
     .fetch_optional(&mut *tx)
     .await?;
     let Some(row) = row else {

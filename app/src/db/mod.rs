@@ -9,6 +9,7 @@ pub mod jobs;
 pub mod labs;
 pub mod orgs;
 pub mod runners;
+pub mod submissions;
 pub mod throttle;
 pub mod tokens;
 pub mod users;

@@ -229,6 +229,9 @@ pub struct CoursePage {
     pub is_instructor: bool,
     pub staff: Vec<RosterEntry>,
     pub student_count: usize,
+    pub labs: Vec<super::labs::CourseLabRow>,
+    pub addable: Vec<super::labs::CatalogChoice>,
+    pub leaderboard_name: String,
 }
 
 pub async fn show(
@@ -246,6 +249,19 @@ pub async fn show(
         .filter(|r| r.role != CourseRole::Student)
         .collect();
     let (is_staff, is_instructor) = (access.is_staff(), access.is_instructor());
+    let labs =
+        super::labs::course_lab_rows(&state, &access.course.id, &access.user.id, is_staff).await?;
+    let addable = if is_instructor {
+        super::labs::addable_labs(&state, &labs)
+    } else {
+        Vec::new()
+    };
+    let leaderboard_name = courses::leaderboard_names(&state.db, &access.course.id)
+        .await?
+        .into_iter()
+        .find(|(u, _)| *u == access.user.id)
+        .and_then(|(_, n)| n)
+        .unwrap_or_default();
     Ok(render(&CoursePage {
         ctx,
         course: access.course,
@@ -254,6 +270,9 @@ pub async fn show(
         is_instructor,
         staff,
         student_count,
+        labs,
+        addable,
+        leaderboard_name,
     }))
 }
 

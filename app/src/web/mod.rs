@@ -4,9 +4,13 @@
 pub mod accounts;
 pub mod admin;
 pub mod api;
+pub mod charts;
 pub mod courses;
+pub mod gradebook;
 pub mod home;
 pub mod jobs;
+pub mod labs;
+pub mod markdown;
 pub mod metrics;
 pub mod ops;
 pub mod orgs;
@@ -51,6 +55,40 @@ fn pages() -> Router<AppState> {
         .route("/courses/new", get(courses::new_page).post(courses::create))
         .route("/courses/join", get(courses::join_page).post(courses::join))
         .route("/courses/{course_id}", get(courses::show))
+        .route("/courses/{course_id}/labs", post(labs::add))
+        .route("/courses/{course_id}/labs/{lab_id}", get(labs::show))
+        .route(
+            "/courses/{course_id}/labs/{lab_id}/submit",
+            post(labs::submit),
+        )
+        .route(
+            "/courses/{course_id}/labs/{lab_id}/leaderboard",
+            get(labs::leaderboard),
+        )
+        .route(
+            "/courses/{course_id}/labs/{lab_id}/settings",
+            get(labs::settings).post(labs::save_settings),
+        )
+        .route(
+            "/courses/{course_id}/labs/{lab_id}/extensions",
+            post(labs::grant_extension),
+        )
+        .route(
+            "/courses/{course_id}/labs/{lab_id}/extensions/{user_id}/remove",
+            post(labs::revoke_extension),
+        )
+        .route(
+            "/courses/{course_id}/leaderboard-name",
+            post(labs::set_leaderboard_name),
+        )
+        .route("/courses/{course_id}/gradebook", get(gradebook::index))
+        .route("/courses/{course_id}/gradebook.csv", get(gradebook::export))
+        .route(
+            "/courses/{course_id}/gradebook/{user_id}",
+            get(gradebook::student),
+        )
+        .route("/jobs/{job_id}", get(jobs::show))
+        .route("/jobs/{job_id}/cancel", post(jobs::cancel))
         .route("/jobs/{job_id}/stream", get(jobs::stream))
         .route(
             "/courses/{course_id}/join-code",

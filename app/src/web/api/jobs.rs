@@ -3,24 +3,20 @@
 
 use axum::extract::{Path, Query, State};
 use axum::Json;
-use sanhak_runner::lab::LabKind;
-use sanhak_runner::protocol::SubmissionKind;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{ApiErrorBody, ApiJson};
 use crate::auth::{CourseInstructor, CourseMember, CurrentUser};
+use crate::coursework::{self, Content};
 use crate::db::courses;
-use crate::db::jobs::{self, JobView, NewSubmission};
-use crate::db::labs::{self as db_labs, CourseLab};
+use crate::db::jobs::{self, JobView};
+use crate::db::labs::{self as db_labs, Counts, CourseLab, LabSettings, LatePolicy, PrivateScores};
 use crate::domain::CourseRole;
 use crate::error::{AppError, AppResult};
 use crate::state::AppState;
 
-/// Largest recipe or source file accepted.
-pub const MAX_SUBMISSION_BYTES: usize = 64 * 1024;
-
-/// The labs a course offers.
+/// The labs a course offers. Students see only released ones.
 #[utoipa::path(get, path = "/api/v1/courses/{course_id}/labs", tag = "labs",
     params(("course_id" = String, Path)),
     responses((status = 200, body = Vec<CourseLab>), (status = 403, body = ApiErrorBody)))]
@@ -28,37 +24,76 @@ pub async fn course_labs(
     State(state): State<AppState>,
     access: CourseMember,
 ) -> AppResult<Json<Vec<CourseLab>>> {
+    let now = crate::db::now();
+    let staff = access.is_staff();
     Ok(Json(
-        db_labs::of_course(&state.db, &access.course.id).await?,
+        db_labs::of_course(&state.db, &access.course.id)
+            .await?
+            .into_iter()
+            .filter(|l| staff || l.is_released(now))
+            .collect(),
     ))
 }
 
-#[derive(Deserialize, ToSchema)]
-pub struct OfferLabBody {
-    /// Deadline (unix seconds); jobs of labs due soon run first.
-    pub due_at: Option<i64>,
-}
-
-/// Offer a lab package in the course (instructors), or change its deadline.
+/// Offer a lab package in the course (instructors), or change how the course
+/// runs it. Every setting left out takes its default.
 #[utoipa::path(put, path = "/api/v1/courses/{course_id}/labs/{lab_id}", tag = "labs",
     params(("course_id" = String, Path), ("lab_id" = String, Path)),
-    request_body = OfferLabBody,
-    responses((status = 200, body = CourseLab), (status = 403, body = ApiErrorBody), (status = 404, body = ApiErrorBody)))]
+    request_body = LabSettingsBody,
+    responses((status = 200, body = CourseLab), (status = 403, body = ApiErrorBody),
+        (status = 404, body = ApiErrorBody), (status = 422, body = ApiErrorBody)))]
 pub async fn offer_lab(
     State(state): State<AppState>,
     access: CourseInstructor,
     Path(path): Path<(String, String)>,
-    ApiJson(body): ApiJson<OfferLabBody>,
+    ApiJson(body): ApiJson<LabSettingsBody>,
 ) -> AppResult<Json<CourseLab>> {
     let lab_id = path.1;
     if state.queue.catalog.get(&lab_id).is_none() {
         return Err(AppError::NotFound);
     }
-    db_labs::add(&state.db, &access.course.id, &lab_id, body.due_at).await?;
+    let settings = body.validate().map_err(AppError::Unprocessable)?;
+    db_labs::put(&state.db, &access.course.id, &lab_id, &settings).await?;
     db_labs::get(&state.db, &access.course.id, &lab_id)
         .await?
         .map(Json)
         .ok_or(AppError::NotFound)
+}
+
+/// How a course runs a lab; see [`LabSettings`]. Times are unix seconds.
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LabSettingsBody {
+    pub release_at: Option<i64>,
+    pub due_at: Option<i64>,
+    pub late_policy: Option<LatePolicy>,
+    pub late_penalty_pct: Option<f64>,
+    pub late_days: Option<i64>,
+    pub max_attempts: Option<i64>,
+    pub max_per_day: Option<i64>,
+    pub points: Option<f64>,
+    pub counts: Option<Counts>,
+    pub private_scores: Option<PrivateScores>,
+}
+
+impl LabSettingsBody {
+    pub fn validate(self) -> Result<LabSettings, String> {
+        let d = LabSettings::default();
+        let s = LabSettings {
+            release_at: self.release_at,
+            due_at: self.due_at,
+            late_policy: self.late_policy.unwrap_or(d.late_policy),
+            late_penalty_pct: self.late_penalty_pct.unwrap_or(d.late_penalty_pct),
+            late_days: self.late_days.unwrap_or(d.late_days),
+            max_attempts: self.max_attempts,
+            max_per_day: self.max_per_day,
+            points: self.points,
+            counts: self.counts.unwrap_or(d.counts),
+            private_scores: self.private_scores.unwrap_or(d.private_scores),
+        };
+        coursework::check_settings(&s)?;
+        Ok(s)
+    }
 }
 
 /// A submission: exactly one of `recipe` (TOML, recipe labs) or `code` (Rust, code labs).
@@ -76,16 +111,21 @@ pub struct Submitted {
     pub state: String,
     /// Jobs ahead of this one.
     pub queue_position: i64,
+    /// Seconds after the deadline (0: on time).
+    pub late_seconds: i64,
+    /// Late penalty in percent of the points.
+    pub penalty_pct: f64,
 }
 
 /// Submit a recipe or code for a lab of the course. The recipe is checked
-/// against the lab's schema first: a bad one is refused with every problem
-/// named, and nothing is stored.
+/// against the lab's schema first, then the course's dates and attempt
+/// limits: a refused submission names every problem, and nothing is stored.
 #[utoipa::path(post, path = "/api/v1/courses/{course_id}/labs/{lab_id}/submissions", tag = "labs",
     params(("course_id" = String, Path), ("lab_id" = String, Path)),
     request_body = SubmitBody,
     responses((status = 201, body = Submitted), (status = 403, body = ApiErrorBody),
-        (status = 404, body = ApiErrorBody), (status = 422, body = ApiErrorBody)))]
+        (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody),
+        (status = 422, body = ApiErrorBody)))]
 pub async fn submit(
     State(state): State<AppState>,
     access: CourseMember,
@@ -96,69 +136,34 @@ pub async fn submit(
     if access.role != Some(CourseRole::Student) && !access.is_staff() {
         return Err(AppError::Forbidden);
     }
+    let staff = access.is_staff();
     let offered = db_labs::get(&state.db, &access.course.id, &lab_id)
         .await?
+        .filter(|l| staff || l.is_released(crate::db::now()))
         .ok_or(AppError::NotFound)?;
     let entry = state.queue.catalog.get(&lab_id).ok_or(AppError::NotFound)?;
-    let (kind, content) = match (body.recipe, body.code) {
-        (Some(r), None) => (SubmissionKind::Recipe, r),
-        (None, Some(c)) => (SubmissionKind::Code, c),
+    let content = match (body.recipe, body.code) {
+        (Some(r), None) => Content::Recipe(r),
+        (None, Some(c)) => Content::Code(c),
         _ => {
             return Err(AppError::Unprocessable(
                 "send exactly one of `recipe` (TOML) or `code` (Rust source)".into(),
             ))
         }
     };
-    if content.len() > MAX_SUBMISSION_BYTES {
-        return Err(AppError::Unprocessable(format!(
-            "the submission is larger than {} KiB",
-            MAX_SUBMISSION_BYTES / 1024
-        )));
-    }
-    let lab = &entry.lab;
-    match (lab.manifest.kind, kind) {
-        (LabKind::Recipe, SubmissionKind::Recipe) => {
-            let schema = lab
-                .schema()
-                .map_err(|e| AppError::Internal(anyhow::Error::new(e)))?;
-            schema
-                .validate(&content, "recipe.toml")
-                .map_err(|e| AppError::Unprocessable(e.to_string()))?;
-        }
-        (LabKind::Code, SubmissionKind::Code) => {}
-        (LabKind::Recipe, SubmissionKind::Code) => {
-            return Err(AppError::Unprocessable(
-                "this is a recipe lab: send `recipe`, not `code`".into(),
-            ))
-        }
-        (LabKind::Code, SubmissionKind::Recipe) => {
-            return Err(AppError::Unprocessable(
-                "this is a code lab: send `code`, not `recipe`".into(),
-            ))
-        }
-    }
-    let new = NewSubmission {
-        course_id: &access.course.id,
-        lab_id: &lab_id,
-        lab_version: &entry.package.version,
-        lab_hash: &entry.package.hash,
-        user_id: &access.user.id,
-        kind,
-        content: &content,
-        resources: entry.resources(),
-        step_scale: state.queue.step_scale,
-        due_at_ms: offered.due_at.map(|s| s * 1000),
-    };
-    let (submission_id, job_id) = jobs::submit(&state.db, &new, &state.queue.policy).await?;
-    state.queue.wake();
-    let queue_position = jobs::queue_position(&state.db, &job_id).await?.unwrap_or(0);
+    let done = coursework::submit(&state, &offered, &entry, &access.user, staff, content).await?;
+    let queue_position = jobs::queue_position(&state.db, &done.job_id)
+        .await?
+        .unwrap_or(0);
     Ok((
         axum::http::StatusCode::CREATED,
         Json(Submitted {
-            submission_id,
-            job_id,
+            submission_id: done.submission_id,
+            job_id: done.job_id,
             state: "queued".into(),
             queue_position,
+            late_seconds: done.lateness.seconds,
+            penalty_pct: done.lateness.penalty_pct,
         }),
     ))
 }
