@@ -239,7 +239,12 @@
         }
       });
       if (general) general.hidden = true;
-      tomlError.textContent = errors[''] || '';
+      // In the raw view the fields are out of sight: list their errors there too.
+      var lines = errors[''] ? [errors['']] : [];
+      if (formPane.hidden) {
+        params.forEach(function (p) { if (errors[p.name]) lines.push(p.name + ': ' + errors[p.name]); });
+      }
+      tomlError.textContent = lines.join('\n');
     }
     // Form → TOML.
     function toToml() {

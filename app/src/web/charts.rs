@@ -53,7 +53,8 @@ pub fn heatmap(title: &str, labels: &[String], counts: &[Vec<u32>]) -> String {
     let cell = 44.0;
     let left = 110.0;
     let top = 96.0;
-    let w = left + cell * n as f64 + 8.0;
+    // Room on the right for the last column's slanted label.
+    let w = left + cell * n as f64 + 60.0;
     let h = top + cell * n as f64 + 8.0;
     let max = counts.iter().flatten().copied().max().unwrap_or(0).max(1) as f64;
     let label = |i: usize| labels.get(i).cloned().unwrap_or_else(|| i.to_string());
