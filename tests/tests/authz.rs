@@ -129,6 +129,7 @@ const PAGES: &[Row] = &[
     row("POST", "/courses/{course_id}/leaderboard-name", STUDENTS),
     row("GET", "/courses/{course_id}/gradebook", STAFF),
     row("GET", "/courses/{course_id}/gradebook.csv", STAFF),
+    row("GET", "/courses/{course_id}/analytics", STAFF),
     row("GET", "/courses/{course_id}/gradebook/{user_id}", STAFF),
     // `{job_id}` is the student's job: its student and the course's staff.
     row("GET", "/jobs/{job_id}", MEMBERS),

@@ -617,6 +617,33 @@ both_backends!(
         assert!(
             html.contains(&format!("/jobs/{late}")) && html.contains(&format!("/jobs/{broken}"))
         );
+        // Analytics: the score distribution, failures grouped, waits and run times.
+        sqlx::query("UPDATE jobs SET message = 'the runner was lost 3 times' WHERE id = $1")
+            .bind(&broken)
+            .execute(&app.db.pool)
+            .await
+            .unwrap();
+        let (status, html) = course
+            .prof
+            .get_text(&format!("/courses/{}/analytics", course.id))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            html.contains("class=\"chart histogram\""),
+            "a score histogram"
+        );
+        assert!(
+            html.contains("1×</span> the runner was lost N times"),
+            "{html}"
+        );
+        assert!(html.contains("1 of 1 students graded"));
+        assert!(html.contains("Run time"));
+        assert_eq!(
+            b.get(&format!("/courses/{}/analytics", course.id))
+                .await
+                .status(),
+            StatusCode::FORBIDDEN
+        );
         // Students cannot open the gradebook.
         assert_eq!(
             b.get(&format!("/courses/{}/gradebook", course.id))

@@ -9,6 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
+use super::charts;
 use super::courses::csv_safe;
 use super::labs::{fmt_num, late_text, LabInfo};
 use super::templates::{render, PageCtx};
@@ -343,4 +344,175 @@ pub async fn student(
         student,
         labs,
     }))
+}
+
+/// One lab's numbers on the analytics page.
+pub struct LabAnalytics {
+    pub id: String,
+    pub title: String,
+    pub max: String,
+    pub students_with_grade: usize,
+    pub students: usize,
+    pub attempts: usize,
+    pub mean: Option<String>,
+    pub median: Option<String>,
+    pub scores_svg: String,
+    pub failures: Vec<(String, usize)>,
+    pub wait: Option<Spread>,
+    pub run: Option<Spread>,
+    pub wait_svg: Option<String>,
+    pub run_svg: Option<String>,
+}
+
+/// Median, 90th percentile and largest of some seconds.
+pub struct Spread {
+    pub p50: String,
+    pub p90: String,
+    pub max: String,
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn spread(mut v: Vec<f64>) -> Option<Spread> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let s = |x: f64| format!("{x:.1} s");
+    Some(Spread {
+        p50: s(quantile(&v, 0.5)),
+        p90: s(quantile(&v, 0.9)),
+        max: s(v[v.len() - 1]),
+    })
+}
+
+/// The first line of a failure message, without what differs between jobs
+/// (numbers), so that the same failure groups together.
+pub fn failure_key(message: &str) -> String {
+    let line = message.lines().next().unwrap_or("").trim();
+    let mut out = String::with_capacity(line.len());
+    let mut last_digit = false;
+    for c in line.chars().take(160) {
+        if c.is_ascii_digit() {
+            if !last_digit {
+                out.push('N');
+            }
+            last_digit = true;
+        } else {
+            out.push(c);
+            last_digit = false;
+        }
+    }
+    if out.is_empty() {
+        "(no message)".into()
+    } else {
+        out
+    }
+}
+
+#[derive(Template)]
+#[template(path = "gradebook/analytics.html")]
+pub struct AnalyticsPage {
+    pub ctx: PageCtx,
+    pub course: Course,
+    pub labs: Vec<LabAnalytics>,
+}
+
+/// Course analytics: per lab, the distribution of counted scores, the most
+/// common failures, and how long jobs waited and ran.
+pub async fn analytics(
+    State(state): State<AppState>,
+    ctx: PageCtx,
+    access: CourseStaff,
+) -> AppResult<Response> {
+    let book = build(&state, &access.course.id).await?;
+    let all = submissions::of_course(&state.db, &access.course.id).await?;
+    let mut labs = Vec::new();
+    for (i, col) in book.columns.iter().enumerate() {
+        let scores: Vec<f64> = book.rows.iter().filter_map(|r| r.cells[i].points).collect();
+        let rows: Vec<&AttemptRow> = all.iter().filter(|r| r.lab_id == col.id).collect();
+        let mut failures: HashMap<String, usize> = HashMap::new();
+        for r in rows
+            .iter()
+            .filter(|r| r.state == "failed" || r.state == "not_gradable")
+        {
+            *failures.entry(failure_key(&r.message)).or_default() += 1;
+        }
+        let mut failures: Vec<(String, usize)> = failures.into_iter().collect();
+        failures.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        failures.truncate(8);
+        let waits: Vec<f64> = rows
+            .iter()
+            .filter_map(|r| {
+                r.started_ms
+                    .map(|s| (s - r.enqueued_ms).max(0) as f64 / 1000.0)
+            })
+            .collect();
+        let runs: Vec<f64> = rows
+            .iter()
+            .filter_map(|r| Some((r.finished_ms? - r.started_ms?).max(0) as f64 / 1000.0))
+            .collect();
+        let mut sorted = scores.clone();
+        sorted.sort_by(f64::total_cmp);
+        let seconds_chart = |title: &str, v: &[f64]| {
+            (!v.is_empty()).then(|| {
+                let hi = v.iter().copied().fold(1.0, f64::max).ceil();
+                charts::histogram(title, v, 0.0, hi, 10)
+            })
+        };
+        labs.push(LabAnalytics {
+            id: col.id.clone(),
+            title: col.title.clone(),
+            max: fmt_num(col.max),
+            students_with_grade: scores.len(),
+            students: book.rows.len(),
+            attempts: rows.len(),
+            mean: (!scores.is_empty()).then(|| {
+                fmt_num((scores.iter().sum::<f64>() / scores.len() as f64 * 10.0).round() / 10.0)
+            }),
+            median: (!sorted.is_empty())
+                .then(|| fmt_num((quantile(&sorted, 0.5) * 10.0).round() / 10.0)),
+            scores_svg: charts::histogram(
+                &format!("Counted points in {} (of {})", col.title, fmt_num(col.max)),
+                &scores,
+                0.0,
+                col.max.max(1.0),
+                10,
+            ),
+            failures,
+            wait_svg: seconds_chart("Seconds from submission to start", &waits),
+            run_svg: seconds_chart("Seconds of training and grading", &runs),
+            wait: spread(waits),
+            run: spread(runs),
+        });
+    }
+    Ok(render(&AnalyticsPage {
+        ctx,
+        course: access.course,
+        labs,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_group_without_their_numbers() {
+        assert_eq!(
+            failure_key("used 2049 MB of memory, more than 2048\nmore"),
+            failure_key("used 3000 MB of memory, more than 2048")
+        );
+        assert_eq!(failure_key(""), "(no message)");
+    }
+
+    #[test]
+    fn spreads_pick_from_the_sorted_values() {
+        let s = spread(vec![5.0, 1.0, 3.0, 2.0, 4.0]).unwrap();
+        assert_eq!((s.p50.as_str(), s.max.as_str()), ("3.0 s", "5.0 s"));
+        assert!(spread(Vec::new()).is_none());
+    }
 }

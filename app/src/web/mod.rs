@@ -83,6 +83,7 @@ fn pages() -> Router<AppState> {
         )
         .route("/courses/{course_id}/gradebook", get(gradebook::index))
         .route("/courses/{course_id}/gradebook.csv", get(gradebook::export))
+        .route("/courses/{course_id}/analytics", get(gradebook::analytics))
         .route(
             "/courses/{course_id}/gradebook/{user_id}",
             get(gradebook::student),
