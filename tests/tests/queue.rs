@@ -650,3 +650,50 @@ both_backends!(
         assert_eq!(claimed.len(), 40, "exactly one job per student per course");
     }
 );
+
+both_backends!(
+    concurrent_event_batches_of_many_jobs_are_all_stored,
+    |app: TestApp| async move {
+        // Eight running jobs whose runners post events at the same moment
+        // (on SQLite a read-then-write transaction must not fail with
+        // "database is locked" when another commits first).
+        let w = world(&app, 1, 8).await;
+        let policy = QueuePolicy::default();
+        let mut claimed = Vec::new();
+        for s in &w.students {
+            let job = submit(&app.db, &w.courses[0], s, &policy).await;
+            let c = jobs::claim(&app.db, &w.runner, &cpus(8), &policy)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(c.job_id, job);
+            claimed.push(c);
+        }
+        let mut tasks = Vec::new();
+        for c in claimed.clone() {
+            let db = app.db.clone();
+            let policy = policy.clone();
+            tasks.push(tokio::spawn(async move {
+                for seq in 0..25u64 {
+                    let e = protocol::JobEvent {
+                        seq,
+                        at_ms: 1,
+                        kind: "log".into(),
+                        data: serde_json::json!("line"),
+                    };
+                    jobs::add_events(&db, &c.job_id, &c.lease, &[e], &policy)
+                        .await
+                        .expect("stored")
+                        .expect("live lease");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        for c in &claimed {
+            let stored = jobs::events(&app.db, &c.job_id, None, 100).await.unwrap();
+            assert_eq!(stored.len(), 25);
+        }
+    }
+);

@@ -65,7 +65,7 @@ const COLUMNS: &str = "c.id, c.code, c.title, c.term, c.university_id, o.name AS
 pub async fn create(db: &Db, new: NewCourse<'_>) -> Result<String, CreateCourseError> {
     let id = new_id();
     let at = now();
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     let inserted = sqlx::query(
         "INSERT INTO courses (id, code, title, term, university_id, description, join_code, created_by, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",

@@ -135,7 +135,7 @@ pub async fn submit(
     let job_id = new_id();
     let now = now_ms();
     let day_start = now / 1000 - 86_400;
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     if db.backend == Backend::Postgres {
         // Serialise one student's submissions to one lab, so the counts below
         // see every committed attempt. (On SQLite the INSERT below takes the
@@ -444,7 +444,7 @@ async fn claim_postgres(
     // makes the re-check fail; the next round sees it committed.
     for _ in 0..8 {
         let now = now_ms();
-        let mut tx = db.pool.begin().await?;
+        let mut tx = db.begin_write().await?;
         let Some(row) = bind_candidates(sqlx::query(PG_CANDIDATES), now, cap, policy)
             .fetch_optional(&mut *tx)
             .await?
@@ -633,7 +633,7 @@ pub async fn add_events(
     if !lease_is_live(db, job_id, lease).await? {
         return Ok(None);
     }
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     let stored: i64 = sqlx::query_scalar("SELECT events_stored FROM jobs WHERE id = $1")
         .bind(job_id)
         .fetch_one(&mut *tx)
@@ -752,7 +752,7 @@ pub async fn complete(
         protocol::Outcome::NotGradable => "not_gradable",
     };
     let artifacts = serde_json::to_string(&c.artifacts).unwrap_or_else(|_| "[]".into());
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     let row = sqlx::query(&format!(
         "UPDATE jobs SET state = $1, outcome = $2, points = $3, max_points = $4, metric = $5, public_metric = $6, \
          message = $7, report = $8, artifacts = $9, fault = $10, cpu_seconds = $11, gpu_seconds = $12, \
@@ -802,7 +802,7 @@ pub async fn fail(
     policy: &QueuePolicy,
 ) -> sqlx::Result<Report> {
     let now = now_ms();
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin_write().await?;
     let row = match f.fault {
         protocol::Fault::Submission => {
             sqlx::query(&format!(

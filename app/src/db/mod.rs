@@ -90,6 +90,17 @@ impl Db {
         Ok(Self { pool, backend })
     }
 
+    /// A transaction that writes. On SQLite it takes the write lock at once
+    /// (`BEGIN IMMEDIATE`): a transaction that reads before it writes then
+    /// waits for other writers (the busy timeout) instead of failing with
+    /// `SQLITE_BUSY_SNAPSHOT` when another commits in between.
+    pub async fn begin_write(&self) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Any>> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
     /// Applies every migration in `migrations/`.
     #[tracing::instrument(skip_all)]
     pub async fn migrate(&self) -> anyhow::Result<()> {
