@@ -36,6 +36,9 @@ pub enum BenchCommand {
     Training(sanhak_runner::bench::BenchCommand),
     /// The runner service: submit-to-start overhead, queue claims per second.
     Runner(RunnerBenchArgs),
+    /// The web app under load: the lab page and dashboard (req/s, p50, p99),
+    /// open live-progress streams (event delay) and the server's memory.
+    Web(crate::bench_web::WebBenchArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -75,6 +78,7 @@ impl BenchCommand {
                 tokio::task::spawn_blocking(move || cmd.run(&labs_dir)).await?
             }
             BenchCommand::Runner(args) => run_runner_bench(args, labs_dir, data_dir).await,
+            BenchCommand::Web(args) => crate::bench_web::run(args, &labs_dir, &data_dir).await,
         }
     }
 }

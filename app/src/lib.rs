@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod bench;
+pub mod bench_web;
 pub mod cli;
 pub mod config;
 pub mod coursework;
