@@ -67,13 +67,47 @@ impl FromRequestParts<AppState> for PageCtx {
                 AppError::Internal(anyhow::anyhow!("session layer missing: {msg}"))
             })?;
         let csrf = csrf::token(&session).await?;
-        let flash = session
-            .remove::<String>(FLASH_KEY)
+        // `remove` marks the session changed (a database write on every
+        // page), so read first and remove only a flash that is there.
+        let flash = match session
+            .get::<String>(FLASH_KEY)
             .await
-            .map_err(session_error)?;
+            .map_err(session_error)?
+        {
+            Some(_) => session
+                .remove::<String>(FLASH_KEY)
+                .await
+                .map_err(session_error)?,
+            None => None,
+        };
         let user = parts.extensions.get::<Authn>().and_then(|a| a.user.clone());
+        if user.is_some() {
+            touch(&session).await?;
+        }
         Ok(PageCtx { user, csrf, flash })
     }
+}
+
+const TOUCHED_KEY: &str = "touched_at";
+/// How stale the stored expiry of an active session may get.
+const TOUCH_EVERY_SECS: i64 = 3600;
+
+/// Sessions expire after a week without activity, but a page view that
+/// changes nothing does not save the session. So an active session is saved
+/// (its stored expiry renewed) at most once an hour.
+async fn touch(session: &Session) -> Result<(), AppError> {
+    let now = crate::db::now();
+    let last = session
+        .get::<i64>(TOUCHED_KEY)
+        .await
+        .map_err(session_error)?;
+    if last.is_none_or(|t| now - t >= TOUCH_EVERY_SECS) {
+        session
+            .insert(TOUCHED_KEY, now)
+            .await
+            .map_err(session_error)?;
+    }
+    Ok(())
 }
 
 /// Shows `key` (a message key from `templates/macros.html`) on the next page.
