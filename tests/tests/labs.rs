@@ -659,3 +659,68 @@ both_backends!(
         );
     }
 );
+
+both_backends!(
+    an_instructor_of_another_course_cannot_act_on_this_one,
+    |app: TestApp| async move {
+        let course = course_with_lab(&app).await;
+        let (me, b) = student(&app, &course, "minji@lab.ac.kr").await;
+        let job = job_of(&submit(&b, &course, RECIPE).await);
+        // Another instructor, with a course of their own at the same university.
+        let (other, ob) = app.logged_in("lee@lab.ac.kr", UserKind::Instructor).await;
+        let uni: String = sqlx::query_scalar("SELECT university_id FROM courses WHERE id = $1")
+            .bind(&course.id)
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+        sanhak::db::orgs::set_member(&app.db, &uni, &other.id, OrgRole::Member)
+            .await
+            .unwrap();
+        let c = &course.id;
+        for path in [
+            format!("/courses/{c}/labs/{LAB}"),
+            format!("/courses/{c}/labs/{LAB}/settings"),
+            format!("/courses/{c}/labs/{LAB}/leaderboard"),
+            format!("/courses/{c}/gradebook"),
+            format!("/courses/{c}/gradebook.csv"),
+            format!("/courses/{c}/gradebook/{}", me.id),
+            format!("/courses/{c}/analytics"),
+            format!("/jobs/{job}"),
+        ] {
+            assert_eq!(
+                ob.get(&path).await.status(),
+                StatusCode::FORBIDDEN,
+                "{path}"
+            );
+        }
+        for (path, fields) in [
+            (
+                format!("/courses/{c}/labs/{LAB}/settings"),
+                vec![
+                    ("late_policy", "none"),
+                    ("counts", "best"),
+                    ("private_scores", "released"),
+                ],
+            ),
+            (
+                format!("/courses/{c}/labs/{LAB}/extensions"),
+                vec![("user_id", me.id.as_str()), ("due_at", "2030-01-01T00:00")],
+            ),
+            (format!("/jobs/{job}/cancel"), vec![]),
+        ] {
+            assert_eq!(
+                ob.post_form(&path, &fields).await.status(),
+                StatusCode::FORBIDDEN,
+                "{path}"
+            );
+        }
+        // Nothing changed.
+        let (_, html) = b.get_text(&format!("/jobs/{job}")).await;
+        assert!(html.contains("state-queued"));
+        let ext: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM lab_extensions")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+        assert_eq!(ext, 0);
+    }
+);
