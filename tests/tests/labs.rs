@@ -170,6 +170,10 @@ both_backends!(
         let (status, html) = b.get_text(&format!("/courses/{}", course.id)).await;
         assert_eq!(status, StatusCode::OK);
         assert!(html.contains(&format!("/courses/{}/labs/{LAB}", course.id)));
+        // The dashboard lists it under "Due soon".
+        let (_, html) = b.get_text("/dashboard").await;
+        assert!(html.contains("id=\"due-soon\""));
+        assert!(html.contains("Transfer learning on Fashion-MNIST"));
 
         let (status, html) = b
             .get_text(&format!("/courses/{}/labs/{LAB}", course.id))

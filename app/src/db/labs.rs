@@ -300,3 +300,36 @@ pub async fn due_for(db: &Db, lab: &CourseLab, user_id: &str) -> sqlx::Result<Op
     .await?;
     Ok(ext.or(lab.settings.due_at))
 }
+
+/// A lab a student has to do: released, in one of their courses, due after
+/// `since` (their extension counts).
+#[derive(Clone, Debug, FromRow)]
+pub struct DueLab {
+    pub course_id: String,
+    pub course_code: String,
+    pub lab_id: String,
+    pub due_at: i64,
+}
+
+/// The labs due after `since` in the courses where `user_id` is a student,
+/// soonest first.
+pub async fn due_for_student(
+    db: &Db,
+    user_id: &str,
+    since: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<DueLab>> {
+    sqlx::query_as(
+        "SELECT cl.course_id, c.code AS course_code, cl.lab_id, COALESCE(x.due_at, cl.due_at) AS due_at \
+         FROM course_labs cl JOIN enrollments e ON e.course_id = cl.course_id AND e.user_id = $1 AND e.role = 'student' \
+         JOIN courses c ON c.id = cl.course_id \
+         LEFT JOIN lab_extensions x ON x.course_id = cl.course_id AND x.lab_id = cl.lab_id AND x.user_id = $1 \
+         WHERE COALESCE(x.due_at, cl.due_at) > $2 AND (cl.release_at IS NULL OR cl.release_at <= $2) \
+         ORDER BY 4, cl.lab_id LIMIT $3",
+    )
+    .bind(user_id)
+    .bind(since)
+    .bind(limit)
+    .fetch_all(&db.pool)
+    .await
+}

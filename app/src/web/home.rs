@@ -28,6 +28,8 @@ pub struct DashboardPage {
     pub ctx: PageCtx,
     pub courses: Vec<MyCourse>,
     pub orgs: Vec<Membership>,
+    /// Labs due soonest in the courses the user studies: (lab title, due).
+    pub due: Vec<(crate::db::labs::DueLab, String)>,
 }
 
 pub async fn dashboard(
@@ -37,5 +39,23 @@ pub async fn dashboard(
 ) -> AppResult<Response> {
     let courses = courses::of_user(&state.db, &user.id).await?;
     let orgs = orgs::of_user(&state.db, &user.id).await?;
-    Ok(render(&DashboardPage { ctx, courses, orgs }))
+    let due = crate::db::labs::due_for_student(&state.db, &user.id, crate::db::now(), 8)
+        .await?
+        .into_iter()
+        .map(|d| {
+            let title = state
+                .queue
+                .catalog
+                .get(&d.lab_id)
+                .map(|e| e.lab.manifest.title.clone())
+                .unwrap_or_else(|| d.lab_id.clone());
+            (d, title)
+        })
+        .collect();
+    Ok(render(&DashboardPage {
+        ctx,
+        courses,
+        orgs,
+        due,
+    }))
 }
