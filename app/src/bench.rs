@@ -496,6 +496,7 @@ async fn seed_jobs(
             late_seconds: 0,
             penalty_pct: 0.0,
             limits: jobs::AttemptLimits::default(),
+            regrade: None,
         };
         if let Err(refused) = jobs::submit(db, &new, &policy).await? {
             anyhow::bail!("the bench's submission was refused: {refused:?}");

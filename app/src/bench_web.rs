@@ -191,6 +191,7 @@ async fn seed(db: &Db, n: usize, jobs_n: usize, labs_dir: &Path) -> anyhow::Resu
             late_seconds: 0,
             penalty_pct: 0.0,
             limits: AttemptLimits::default(),
+            regrade: None,
         };
         if let Err(r) = jobs::submit(db, &new, &policy).await? {
             anyhow::bail!("a bench submission was refused: {r:?}");

@@ -359,6 +359,7 @@ pub async fn submit(
         late_seconds: lateness.seconds,
         penalty_pct: lateness.penalty_pct,
         limits,
+        regrade: None,
     };
     let (submission_id, job_id) = match jobs::submit(&state.db, &new, &state.queue.policy).await? {
         Ok(ids) => ids,

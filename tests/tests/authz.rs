@@ -126,6 +126,28 @@ const PAGES: &[Row] = &[
         "/courses/{course_id}/labs/{lab_id}/extensions/{user_id}/remove",
         TEACHER,
     ),
+    // No graded attempts in course A: starting a regrade changes nothing;
+    // `{regrade_id}` names none.
+    row(
+        "POST",
+        "/courses/{course_id}/labs/{lab_id}/regrades",
+        TEACHER,
+    ),
+    row(
+        "GET",
+        "/courses/{course_id}/labs/{lab_id}/regrades/{regrade_id}",
+        STAFF,
+    ),
+    row(
+        "POST",
+        "/courses/{course_id}/labs/{lab_id}/regrades/{regrade_id}/accept",
+        TEACHER,
+    ),
+    row(
+        "POST",
+        "/courses/{course_id}/labs/{lab_id}/regrades/{regrade_id}/discard",
+        TEACHER,
+    ),
     row("POST", "/courses/{course_id}/leaderboard-name", STUDENTS),
     row("GET", "/courses/{course_id}/gradebook", STAFF),
     row("GET", "/courses/{course_id}/gradebook.csv", STAFF),
@@ -278,6 +300,7 @@ async fn world(app: &TestApp) -> World {
             late_seconds: 0,
             penalty_pct: 0.0,
             limits: sanhak::db::jobs::AttemptLimits::default(),
+            regrade: None,
         },
         &app.state.queue.policy,
     )
@@ -326,6 +349,7 @@ fn concrete(path: &str, w: &World) -> String {
         .replace("{user_id}", &w.bystander_id)
         .replace("{token}", "inv_0000")
         .replace("{token_id}", "no-such-token")
+        .replace("{regrade_id}", "no-such-regrade")
         .replace("{*path}", "style.css")
 }
 

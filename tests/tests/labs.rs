@@ -728,3 +728,120 @@ both_backends!(
         assert_eq!(ext, 0);
     }
 );
+
+async fn regrade_jobs(db: &Db, regrade_id: &str) -> Vec<(String, String)> {
+    sqlx::query_as(
+        "SELECT j.id, s.user_id FROM jobs j JOIN submissions s ON s.id = j.submission_id \
+         WHERE s.regrade_id = $1 ORDER BY s.user_id",
+    )
+    .bind(regrade_id)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+}
+
+both_backends!(
+    regrades_keep_old_and_new_side_by_side_until_accepted,
+    |app: TestApp| async move {
+        let course = course_with_lab(&app).await;
+        let (a, ab) = student(&app, &course, "minji@lab.ac.kr").await;
+        let (b, bb) = student(&app, &course, "jisoo@lab.ac.kr").await;
+        let a1 = job_of(&submit(&ab, &course, RECIPE).await);
+        let b1 = job_of(&submit(&bb, &course, RECIPE).await);
+        let b2 = job_of(&submit(&bb, &course, RECIPE).await);
+        grade(&app.db, &a1, 60.0, 0.6, 0.6).await;
+        grade(&app.db, &b1, 40.0, 0.4, 0.4).await;
+        grade(&app.db, &b2, 70.0, 0.7, 0.7).await;
+        let book = format!("/courses/{}/gradebook.csv", course.id);
+        let totals = |csv: String| -> Vec<String> {
+            csv::Reader::from_reader(csv.as_bytes())
+                .records()
+                .map(|r| r.unwrap().iter().last().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(
+            totals(course.prof.get(&book).await.text().await.unwrap()),
+            ["70", "60"]
+        );
+
+        let r = course
+            .prof
+            .post_form(&format!("/courses/{}/labs/{LAB}/regrades", course.id), &[])
+            .await;
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        let page = location(&r);
+        let regrade_id = page.rsplit('/').next().unwrap().to_owned();
+        let jobs = regrade_jobs(&app.db, &regrade_id).await;
+        assert_eq!(jobs.len(), 2, "one job per counted submission");
+        // The copies are not attempts: history and limits are unchanged.
+        let (_, html) = bb
+            .get_text(&format!("/courses/{}/labs/{LAB}", course.id))
+            .await;
+        assert_eq!(element_text(&html, "attempts-left"), "2 used, no limit");
+        // A second regrade cannot start while this one runs; it cannot be accepted unfinished.
+        let again = course
+            .prof
+            .post_form(&format!("/courses/{}/labs/{LAB}/regrades", course.id), &[])
+            .await;
+        assert_eq!(again.status(), StatusCode::CONFLICT);
+        let early = course.prof.post_form(&format!("{page}/accept"), &[]).await;
+        assert_eq!(early.status(), StatusCode::CONFLICT);
+        // The new grades arrive; the old ones still count until accepted.
+        for (job, user) in &jobs {
+            let points = if *user == a.id { 80.0 } else { 50.0 };
+            grade(&app.db, job, points, points / 100.0, points / 100.0).await;
+        }
+        let (status, html) = course.prof.get_text(&page).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(html.contains("+20") && html.contains("-20"), "{html}");
+        assert_eq!(
+            totals(course.prof.get(&book).await.text().await.unwrap()),
+            ["70", "60"]
+        );
+        // Students cannot accept; the instructor does.
+        assert_eq!(
+            bb.post_form(&format!("{page}/accept"), &[]).await.status(),
+            StatusCode::FORBIDDEN
+        );
+        let r = course.prof.post_form(&format!("{page}/accept"), &[]).await;
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        assert_eq!(
+            totals(course.prof.get(&book).await.text().await.unwrap()),
+            ["50", "80"]
+        );
+        let _ = b;
+
+        // A later regrade that is discarded changes nothing and stops its jobs.
+        let r = course
+            .prof
+            .post_form(&format!("/courses/{}/labs/{LAB}/regrades", course.id), &[])
+            .await;
+        let second = location(&r);
+        let r = course
+            .prof
+            .post_form(&format!("{second}/discard"), &[])
+            .await;
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        let id = second.rsplit('/').next().unwrap().to_owned();
+        for (job, _) in regrade_jobs(&app.db, &id).await {
+            let state: String = sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1")
+                .bind(&job)
+                .fetch_one(&app.db.pool)
+                .await
+                .unwrap();
+            assert_eq!(state, "cancelled");
+        }
+        assert_eq!(
+            totals(course.prof.get(&book).await.text().await.unwrap()),
+            ["50", "80"]
+        );
+        assert_eq!(
+            course
+                .prof
+                .post_form(&format!("{second}/accept"), &[])
+                .await
+                .status(),
+            StatusCode::CONFLICT
+        );
+    }
+);

@@ -96,6 +96,7 @@ async fn submit_with(
         late_seconds: 0,
         penalty_pct: 0.0,
         limits: jobs::AttemptLimits::default(),
+        regrade: None,
     };
     jobs::submit(db, &new, policy)
         .await

@@ -81,6 +81,15 @@ pub struct NewSubmission<'a> {
     /// Late penalty in percent.
     pub penalty_pct: f64,
     pub limits: AttemptLimits,
+    /// A regrade's copy of a submission (never an attempt of the student).
+    pub regrade: Option<RegradeOf<'a>>,
+}
+
+/// Which regrade a submission belongs to, and the submission it regrades.
+#[derive(Debug, Clone, Copy)]
+pub struct RegradeOf<'a> {
+    pub regrade_id: &'a str,
+    pub original_id: &'a str,
 }
 
 /// Attempt limits checked in the same transaction that stores a submission,
@@ -110,7 +119,7 @@ fn counted_attempts(course: &str, lab: &str, user: &str) -> String {
     format!(
         "SELECT COUNT(*) FROM submissions s JOIN jobs j ON j.submission_id = s.id \
          WHERE s.course_id = {course} AND s.lab_id = {lab} AND s.user_id = {user} \
-         AND j.state NOT IN ('not_gradable', 'cancelled')"
+         AND s.regrade_of IS NULL AND j.state NOT IN ('not_gradable', 'cancelled')"
     )
 }
 
@@ -148,8 +157,8 @@ pub async fn submit(
     let counted = counted_attempts("$2", "$3", "$6");
     let inserted = sqlx::query(&format!(
         "INSERT INTO submissions (id, course_id, lab_id, lab_version, lab_hash, user_id, kind, content, \
-         content_hash, created_at, late_seconds, penalty_pct) \
-         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 \
+         content_hash, created_at, late_seconds, penalty_pct, regrade_id, regrade_of) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $16, $17 \
          WHERE ({counted}) < $13 AND ({counted} AND s.created_at > $14) < $15"
     ))
     .bind(&submission_id)
@@ -167,6 +176,8 @@ pub async fn submit(
     .bind(new.limits.max_total.unwrap_or(i64::MAX))
     .bind(day_start)
     .bind(new.limits.max_per_day.unwrap_or(i64::MAX))
+    .bind(new.regrade.map(|r| r.regrade_id))
+    .bind(new.regrade.map(|r| r.original_id))
     .execute(&mut *tx)
     .await?;
     if inserted.rows_affected() == 0 {
@@ -182,7 +193,7 @@ pub async fn submit(
         }
         let oldest_at: Option<i64> = sqlx::query_scalar(
             "SELECT MIN(s.created_at) FROM submissions s JOIN jobs j ON j.submission_id = s.id \
-             WHERE s.course_id = $1 AND s.lab_id = $2 AND s.user_id = $3 \
+             WHERE s.course_id = $1 AND s.lab_id = $2 AND s.user_id = $3 AND s.regrade_of IS NULL \
              AND j.state NOT IN ('not_gradable', 'cancelled') AND s.created_at > $4",
         )
         .bind(new.course_id)

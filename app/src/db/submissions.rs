@@ -1,6 +1,8 @@
 //! Submissions as students and staff look back on them: a student's attempts
 //! at a lab, every attempt in a course (gradebook, leaderboard), and one
-//! submission with the one before it (history and diff).
+//! submission with the one before it (history and diff). A regrade's copies
+//! are never attempts; once a regrade is accepted, its grade stands in for
+//! the grade of the attempt it regraded.
 
 use sqlx::FromRow;
 
@@ -29,6 +31,8 @@ pub struct AttemptRow {
     pub finished_ms: Option<i64>,
     pub cpu_seconds: f64,
     pub gpu_seconds: f64,
+    /// The job of the accepted regrade whose grade this attempt now carries.
+    pub regraded_by: Option<String>,
 }
 
 impl AttemptRow {
@@ -45,10 +49,21 @@ impl AttemptRow {
     }
 }
 
+/// Attempts with the grade of an accepted regrade in place of their own (at
+/// most one regrade of a lab is accepted at a time). Callers add their
+/// conditions after `WHERE s.regrade_of IS NULL`.
 const ATTEMPT: &str = "SELECT j.id AS job_id, s.id AS submission_id, s.user_id, s.lab_id, s.kind, s.created_at, \
-    s.late_seconds, s.penalty_pct, j.state, j.points, j.max_points, j.metric, j.public_metric, j.message, \
-    j.enqueued_ms, j.started_ms, j.finished_ms, j.cpu_seconds, j.gpu_seconds \
-    FROM submissions s JOIN jobs j ON j.submission_id = s.id";
+    s.late_seconds, s.penalty_pct, \
+    CASE WHEN rj.id IS NULL THEN j.state ELSE rj.state END AS state, \
+    CASE WHEN rj.id IS NULL THEN j.points ELSE rj.points END AS points, \
+    CASE WHEN rj.id IS NULL THEN j.max_points ELSE rj.max_points END AS max_points, \
+    CASE WHEN rj.id IS NULL THEN j.metric ELSE rj.metric END AS metric, \
+    CASE WHEN rj.id IS NULL THEN j.public_metric ELSE rj.public_metric END AS public_metric, \
+    j.message, j.enqueued_ms, j.started_ms, j.finished_ms, j.cpu_seconds, j.gpu_seconds, rj.id AS regraded_by \
+    FROM submissions s JOIN jobs j ON j.submission_id = s.id \
+    LEFT JOIN submissions rs ON rs.regrade_of = s.id \
+        AND rs.regrade_id IN (SELECT r.id FROM regrades r WHERE r.state = 'accepted') \
+    LEFT JOIN jobs rj ON rj.submission_id = rs.id AND rj.state = 'done'";
 
 /// A student's attempts at one lab, newest first.
 pub async fn of_student(
@@ -58,7 +73,7 @@ pub async fn of_student(
     user_id: &str,
 ) -> sqlx::Result<Vec<AttemptRow>> {
     sqlx::query_as(&format!(
-        "{ATTEMPT} WHERE s.course_id = $1 AND s.lab_id = $2 AND s.user_id = $3 \
+        "{ATTEMPT} WHERE s.regrade_of IS NULL AND s.course_id = $1 AND s.lab_id = $2 AND s.user_id = $3 \
          ORDER BY s.created_at DESC, s.id DESC"
     ))
     .bind(course_id)
@@ -72,7 +87,7 @@ pub async fn of_student(
 pub async fn of_course(db: &Db, course_id: &str) -> sqlx::Result<Vec<AttemptRow>> {
     sqlx::query_as(&format!(
         "{ATTEMPT} JOIN enrollments e ON e.course_id = s.course_id AND e.user_id = s.user_id \
-         WHERE s.course_id = $1 AND e.role = 'student' ORDER BY s.created_at, s.id"
+         WHERE s.regrade_of IS NULL AND s.course_id = $1 AND e.role = 'student' ORDER BY s.created_at, s.id"
     ))
     .bind(course_id)
     .fetch_all(&db.pool)
@@ -83,7 +98,8 @@ pub async fn of_course(db: &Db, course_id: &str) -> sqlx::Result<Vec<AttemptRow>
 pub async fn of_lab(db: &Db, course_id: &str, lab_id: &str) -> sqlx::Result<Vec<AttemptRow>> {
     sqlx::query_as(&format!(
         "{ATTEMPT} JOIN enrollments e ON e.course_id = s.course_id AND e.user_id = s.user_id \
-         WHERE s.course_id = $1 AND s.lab_id = $2 AND e.role = 'student' ORDER BY s.created_at, s.id"
+         WHERE s.regrade_of IS NULL AND s.course_id = $1 AND s.lab_id = $2 AND e.role = 'student' \
+         ORDER BY s.created_at, s.id"
     ))
     .bind(course_id)
     .bind(lab_id)
@@ -123,7 +139,7 @@ pub async fn detail_of_job(db: &Db, job_id: &str) -> sqlx::Result<Option<Detail>
 pub async fn previous(db: &Db, d: &Detail) -> sqlx::Result<Option<(String, String)>> {
     let row: Option<(String, String)> = sqlx::query_as(
         "SELECT j.id, s.content FROM submissions s JOIN jobs j ON j.submission_id = s.id \
-         WHERE s.course_id = $1 AND s.lab_id = $2 AND s.user_id = $3 \
+         WHERE s.course_id = $1 AND s.lab_id = $2 AND s.user_id = $3 AND s.regrade_of IS NULL \
          AND (s.created_at < $4 OR (s.created_at = $4 AND s.id < $5)) \
          ORDER BY s.created_at DESC, s.id DESC LIMIT 1",
     )
@@ -146,11 +162,47 @@ pub async fn latest_content(
 ) -> sqlx::Result<Option<String>> {
     sqlx::query_scalar(
         "SELECT content FROM submissions WHERE course_id = $1 AND lab_id = $2 AND user_id = $3 \
-         ORDER BY created_at DESC, id DESC LIMIT 1",
+         AND regrade_of IS NULL ORDER BY created_at DESC, id DESC LIMIT 1",
     )
     .bind(course_id)
     .bind(lab_id)
     .bind(user_id)
     .fetch_optional(&db.pool)
+    .await
+}
+
+/// What a submission holds, for a regrade's copy of it.
+#[derive(Clone, Debug, FromRow)]
+pub struct Body {
+    pub user_id: String,
+    pub kind: String,
+    pub content: String,
+    pub late_seconds: i64,
+    pub penalty_pct: f64,
+}
+
+pub async fn body(db: &Db, submission_id: &str) -> sqlx::Result<Option<Body>> {
+    sqlx::query_as(
+        "SELECT user_id, kind, content, late_seconds, penalty_pct FROM submissions WHERE id = $1",
+    )
+    .bind(submission_id)
+    .fetch_optional(&db.pool)
+    .await
+}
+
+/// How many of each lab version the given attempts ran against: (version,
+/// package hash, count), for the instructor's regrade decision.
+pub async fn versions_of_lab(
+    db: &Db,
+    course_id: &str,
+    lab_id: &str,
+) -> sqlx::Result<Vec<(String, String, i64)>> {
+    sqlx::query_as(
+        "SELECT lab_version, lab_hash, COUNT(*) FROM submissions WHERE course_id = $1 AND lab_id = $2 \
+         AND regrade_of IS NULL GROUP BY lab_version, lab_hash ORDER BY 3 DESC, 1",
+    )
+    .bind(course_id)
+    .bind(lab_id)
+    .fetch_all(&db.pool)
     .await
 }

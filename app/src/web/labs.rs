@@ -805,6 +805,11 @@ pub struct SettingsPage {
     pub extensions: Vec<db_labs::Extension>,
     pub students: Vec<(String, String)>,
     pub ext_error: Option<String>,
+    /// The lab's current package hash, the versions submissions ran
+    /// against (version, hash, count), and the regrades so far.
+    pub current_hash: String,
+    pub versions: Vec<(String, String, i64)>,
+    pub regrades: Vec<crate::db::regrades::Regrade>,
 }
 
 /// The settings form: times as `YYYY-MM-DDTHH:MM` in UTC, numbers as text.
@@ -939,6 +944,9 @@ async fn settings_page(
         extensions: db_labs::extensions(&state.db, &access.course.id, lab_id).await?,
         students,
         ext_error,
+        current_hash: entry.package.hash.clone(),
+        versions: submissions::versions_of_lab(&state.db, &access.course.id, lab_id).await?,
+        regrades: crate::db::regrades::of_lab(&state.db, &access.course.id, lab_id).await?,
     })
 }
 

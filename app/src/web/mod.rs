@@ -14,6 +14,7 @@ pub mod markdown;
 pub mod metrics;
 pub mod ops;
 pub mod orgs;
+pub mod regrades;
 pub mod settings;
 pub mod templates;
 
@@ -76,6 +77,22 @@ fn pages() -> Router<AppState> {
         .route(
             "/courses/{course_id}/labs/{lab_id}/extensions/{user_id}/remove",
             post(labs::revoke_extension),
+        )
+        .route(
+            "/courses/{course_id}/labs/{lab_id}/regrades",
+            post(regrades::start),
+        )
+        .route(
+            "/courses/{course_id}/labs/{lab_id}/regrades/{regrade_id}",
+            get(regrades::show),
+        )
+        .route(
+            "/courses/{course_id}/labs/{lab_id}/regrades/{regrade_id}/accept",
+            post(regrades::accept),
+        )
+        .route(
+            "/courses/{course_id}/labs/{lab_id}/regrades/{regrade_id}/discard",
+            post(regrades::discard),
         )
         .route(
             "/courses/{course_id}/leaderboard-name",
