@@ -845,3 +845,79 @@ both_backends!(
         );
     }
 );
+
+both_backends!(
+    code_labs_get_an_editor_and_errors_against_their_lines,
+    |app: TestApp| async move {
+        const CODE_LAB: &str = "lora-from-scratch";
+        let course = course_with_lab(&app).await;
+        let r = course
+            .prof
+            .post_form(
+                &format!("/courses/{}/labs", course.id),
+                &[("lab_id", CODE_LAB)],
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        let (_, b) = student(&app, &course, "minji@lab.ac.kr").await;
+        let (status, html) = b
+            .get_text(&format!("/courses/{}/labs/{CODE_LAB}", course.id))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(html.contains("id=\"code\"") && html.contains("id=\"gutter\""));
+        assert!(
+            html.contains("impl LoraLayer for LoraLinear"),
+            "the starter code"
+        );
+        assert!(!html.contains("name=\"recipe\""));
+        // A recipe for a code lab is refused.
+        let r = b
+            .post_form(
+                &format!("/courses/{}/labs/{CODE_LAB}/submit", course.id),
+                &[("recipe", RECIPE)],
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        // A submission that does not compile: the runner's `compile` event and
+        // its failure, as the runner reports them.
+        let source =
+            "use labkit::prelude::*;\n\npub fn broken() -> u32 {\n    \"not a number\"\n}\n";
+        let r = b
+            .post_form(
+                &format!("/courses/{}/labs/{CODE_LAB}/submit", course.id),
+                &[("code", source)],
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        let job = job_of(&r);
+        let diag = serde_json::json!({"ok": false, "wall_s": 0.4, "diagnostics": [{
+        "level": "error", "code": "E0308", "message": "mismatched types",
+        "file": "src/lib.rs", "line": 4, "column": 5, "end_line": 4, "end_column": 19,
+        "rendered": "error[E0308]: mismatched types\n --> src/lib.rs:4:5"}]});
+        sqlx::query("INSERT INTO job_events (job_id, seq, at_ms, kind, data) VALUES ($1, 0, 1, 'compile', $2)")
+        .bind(&job)
+        .bind(diag.to_string())
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+        sqlx::query(
+        "UPDATE jobs SET state = 'failed', fault = 'submission', message = 'src/lib.rs does not compile: 1 error' WHERE id = $1",
+    )
+    .bind(&job)
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+        let (status, html) = b.get_text(&format!("/jobs/{job}")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(html.contains("<a href=\"#L4\">line 4:5</a>"), "{html}");
+        assert!(html.contains("error[E0308]</strong>: mismatched types"));
+        assert!(html.contains("id=\"L4\" class=\"line mark-error\""));
+        assert!(html.contains("id=\"L3\" class=\"line\""));
+        // The editor starts from the last attempt.
+        let (_, html) = b
+            .get_text(&format!("/courses/{}/labs/{CODE_LAB}", course.id))
+            .await;
+        assert!(html.contains("pub fn broken()"));
+        assert!(!html.contains("impl LoraLayer for LoraLinear"));
+    }
+);
