@@ -236,10 +236,9 @@ impl<P: CoursePolicy + Send + Sync> FromRequestParts<AppState> for InCourse<P> {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
         let user = authn(parts).ok_or_else(|| login_required(parts))?;
         let course_id = path_param(parts, state, "course_id").await?;
-        let course = courses::by_id(&state.db, &course_id)
+        let (course, role) = courses::with_role(&state.db, &course_id, &user.id)
             .await?
             .ok_or(AppError::NotFound)?;
-        let role = courses::role_of(&state.db, &course.id, &user.id).await?;
         let admitted = user.is_admin() || role.is_some_and(P::admits);
         if !admitted {
             return Err(AppError::Forbidden);

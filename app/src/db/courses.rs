@@ -109,6 +109,32 @@ pub async fn by_id(db: &Db, id: &str) -> sqlx::Result<Option<Course>> {
     .await
 }
 
+#[derive(FromRow)]
+struct CourseWithRole {
+    #[sqlx(flatten)]
+    course: Course,
+    role: Option<CourseRole>,
+}
+
+/// A course and the user's role in it (`None`: not enrolled), in one query:
+/// every course page asks both.
+#[tracing::instrument(skip_all)]
+pub async fn with_role(
+    db: &Db,
+    id: &str,
+    user_id: &str,
+) -> sqlx::Result<Option<(Course, Option<CourseRole>)>> {
+    let row: Option<CourseWithRole> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS}, e.role FROM courses c JOIN organisations o ON o.id = c.university_id \
+         LEFT JOIN enrollments e ON e.course_id = c.id AND e.user_id = $2 WHERE c.id = $1"
+    ))
+    .bind(id)
+    .bind(user_id)
+    .fetch_optional(&db.pool)
+    .await?;
+    Ok(row.map(|r| (r.course, r.role)))
+}
+
 #[tracing::instrument(skip_all)]
 pub async fn by_join_code(db: &Db, code: &str) -> sqlx::Result<Option<Course>> {
     sqlx::query_as(&format!(

@@ -213,6 +213,43 @@ pub async fn get(db: &Db, course_id: &str, lab_id: &str) -> sqlx::Result<Option<
     Ok(row.map(CourseLab::from))
 }
 
+/// A lab of a course with the extended deadline of one student, if any, in
+/// one query (the lab page needs both).
+pub async fn get_for(
+    db: &Db,
+    course_id: &str,
+    lab_id: &str,
+    user_id: &str,
+) -> sqlx::Result<Option<(CourseLab, Option<i64>)>> {
+    #[derive(FromRow)]
+    struct WithExtension {
+        #[sqlx(flatten)]
+        lab: CourseLabRow,
+        extended_due: Option<i64>,
+    }
+    let row: Option<WithExtension> = sqlx::query_as(&format!(
+        "SELECT {}, x.due_at AS extended_due FROM course_labs cl LEFT JOIN lab_extensions x \
+         ON x.course_id = cl.course_id AND x.lab_id = cl.lab_id AND x.user_id = $3 \
+         WHERE cl.course_id = $1 AND cl.lab_id = $2",
+        prefixed("cl")
+    ))
+    .bind(course_id)
+    .bind(lab_id)
+    .bind(user_id)
+    .fetch_optional(&db.pool)
+    .await?;
+    Ok(row.map(|r| (CourseLab::from(r.lab), r.extended_due)))
+}
+
+/// [`COLUMNS`] qualified by a table alias.
+fn prefixed(alias: &str) -> String {
+    COLUMNS
+        .split(", ")
+        .map(|c| format!("{alias}.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub async fn of_course(db: &Db, course_id: &str) -> sqlx::Result<Vec<CourseLab>> {
     let rows: Vec<CourseLabRow> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM course_labs WHERE course_id = $1 ORDER BY due_at IS NULL, due_at, added_at, lab_id"

@@ -377,14 +377,26 @@ async fn visible_lab(
     access: &CourseMember,
     lab_id: &str,
 ) -> AppResult<(CourseLab, Arc<CatalogEntry>)> {
-    let offered = db_labs::get(&state.db, &access.course.id, lab_id)
-        .await?
-        .ok_or(AppError::NotFound)?;
+    let (offered, _) = visible_lab_for(state, access, lab_id).await?;
+    Ok(offered)
+}
+
+/// [`visible_lab`] with the deadline that applies to the caller.
+async fn visible_lab_for(
+    state: &AppState,
+    access: &CourseMember,
+    lab_id: &str,
+) -> AppResult<((CourseLab, Arc<CatalogEntry>), Option<i64>)> {
+    let (offered, extended) =
+        db_labs::get_for(&state.db, &access.course.id, lab_id, &access.user.id)
+            .await?
+            .ok_or(AppError::NotFound)?;
     if !access.is_staff() && !offered.is_released(crate::db::now()) {
         return Err(AppError::NotFound);
     }
     let entry = state.queue.catalog.get(lab_id).ok_or(AppError::NotFound)?;
-    Ok((offered, entry))
+    let due = extended.or(offered.settings.due_at);
+    Ok(((offered, entry), due))
 }
 
 /// The text an editor starts from: the student's last submission, else the
@@ -404,6 +416,7 @@ async fn lab_page(
     access: &CourseMember,
     offered: CourseLab,
     entry: &CatalogEntry,
+    due: Option<i64>,
     text: Option<String>,
     issues: &[RecipeIssue],
     form_error: Option<String>,
@@ -414,7 +427,6 @@ async fn lab_page(
         std::fs::read_to_string(entry.lab.dir().join("README.md")).unwrap_or_default()
     });
     let rows = submissions::of_student(&state.db, &offered.course_id, &lab.id, &user.id).await?;
-    let due = db_labs::due_for(&state.db, &offered, &user.id).await?;
     let extended = due != offered.settings.due_at;
     let now = crate::db::now();
     let attempts: Vec<_> = rows.iter().map(AttemptRow::attempt).collect();
@@ -453,6 +465,7 @@ async fn lab_page(
     };
     let text = match text {
         Some(t) => t,
+        None if rows.is_empty() => starter_text(entry),
         None => submissions::latest_content(&state.db, &offered.course_id, &lab.id, &user.id)
             .await?
             .unwrap_or_else(|| starter_text(entry)),
@@ -517,8 +530,8 @@ pub async fn show(
     access: CourseMember,
     Path((_, lab_id)): Path<(String, String)>,
 ) -> AppResult<Response> {
-    let (offered, entry) = visible_lab(&state, &access, &lab_id).await?;
-    let page = lab_page(&state, ctx, &access, offered, &entry, None, &[], None).await?;
+    let ((offered, entry), due) = visible_lab_for(&state, &access, &lab_id).await?;
+    let page = lab_page(&state, ctx, &access, offered, &entry, due, None, &[], None).await?;
     Ok(render(&page))
 }
 
@@ -540,7 +553,7 @@ pub async fn submit(
     if access.role != Some(CourseRole::Student) && !access.is_staff() {
         return Err(AppError::Forbidden);
     }
-    let (offered, entry) = visible_lab(&state, &access, &lab_id).await?;
+    let ((offered, entry), due) = visible_lab_for(&state, &access, &lab_id).await?;
     let (content, text) = match (form.recipe, form.code) {
         (Some(r), None) => (Content::Recipe(r.clone()), r),
         (None, Some(c)) => (Content::Code(c.clone()), c),
@@ -556,6 +569,7 @@ pub async fn submit(
                 &access,
                 offered,
                 &entry,
+                due,
                 Some(text),
                 &issues,
                 None,
@@ -571,6 +585,7 @@ pub async fn submit(
                 &access,
                 offered,
                 &entry,
+                due,
                 Some(text),
                 &[],
                 Some(e.api_message()),
