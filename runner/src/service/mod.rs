@@ -5,6 +5,8 @@
 
 pub mod cache;
 pub mod exec;
+pub mod gpu;
 
 pub use cache::{LabCache, LabDirs};
 pub use exec::{Executor, JobControl, JobEnd};
+pub use gpu::{GpuAssignment, GpuPool, GpuWatch, HostGpu};
