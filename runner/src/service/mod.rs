@@ -6,6 +6,7 @@
 pub mod cache;
 pub mod exec;
 pub mod gpu;
+pub mod gpu_check;
 
 pub use cache::{LabCache, LabDirs};
 pub use exec::{Executor, JobControl, JobEnd};
