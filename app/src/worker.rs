@@ -546,15 +546,21 @@ pub fn gpu_setup(setting: &GpuSetting, lib_dirs: &[PathBuf]) -> (Vec<HostGpu>, V
 }
 
 /// The executor of this host: this binary as the trainer, jobs under
-/// `<data_dir>/jobs`, shared models from `<data_dir>/models`.
+/// `<data_dir>/jobs`, shared models from `<data_dir>/models`, and (in a
+/// `cuda` build, whose trainer links them) the CUDA library folders bound
+/// into its sandboxes.
 pub fn default_executor(config: &crate::config::Config) -> anyhow::Result<Executor> {
     let trainer = std::env::current_exe().context("locating the sanhak binary")?;
-    Ok(Executor::new(
+    let mut executor = Executor::new(
         trainer,
         Some(config.data_dir.join("models")),
         std::path::absolute(config.data_dir.join("jobs")).context("resolving the jobs folder")?,
         std::path::absolute(config.data_dir.join("rlibs")).context("resolving the rlib cache")?,
-    ))
+    );
+    if gpu::CUDA_BUILT {
+        executor.library_dirs = gpu::default_library_dirs();
+    }
+    Ok(executor)
 }
 
 /// This host's name (for runner registrations).
