@@ -54,6 +54,9 @@ pub enum Command {
     /// Runner tokens (site admins).
     #[command(subcommand)]
     Runner(RunnerCommand),
+    /// GPU host checks (run by scripts/gpu-check on a GPU host).
+    #[command(subcommand, hide = true)]
+    GpuCheck(sanhak_runner::service::gpu_check::GpuCheckCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -73,6 +76,16 @@ pub struct WorkerArgs {
     /// Labels to advertise (e.g. `cpu-only`).
     #[arg(long, value_delimiter = ',')]
     labels: Vec<String>,
+    /// GPUs to offer: `auto` (ask nvidia-smi), `none` (CPU only), or a list
+    /// INDEX:NAME:MB,… (e.g. `0:H200:143771`). A build without the `cuda`
+    /// feature offers none.
+    #[arg(long, env = "SANHAK_GPUS", default_value = "auto")]
+    gpus: sanhak_runner::service::gpu::GpuSetting,
+    /// Host folders of the CUDA libraries, bound read-only into training
+    /// sandboxes (comma-separated). Default: where this process loaded them
+    /// from, and the folders on LD_LIBRARY_PATH that hold them.
+    #[arg(long, value_delimiter = ',')]
+    gpu_lib_dir: Vec<std::path::PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -144,6 +157,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         let models_dir = paths.data_dir.join("models");
         return tokio::task::spawn_blocking(move || cmd.run(&paths.labs_dir, &models_dir)).await?;
     }
+    // So does `gpu-check hold`; `gpu-check run` only needs its own flags.
+    if let Command::GpuCheck(cmd) = cli.command {
+        telemetry::init(&cli.settings.paths()?.log);
+        return tokio::task::spawn_blocking(move || cmd.run()).await?;
+    }
     let config = cli.settings.resolve()?;
     telemetry::init(&config.log);
     match cli.command {
@@ -165,9 +183,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 None => Ok(()),
             }
         }
-        Command::Lab(_) => unreachable!("handled above"),
+        Command::Lab(_) | Command::GpuCheck(_) => unreachable!("handled above"),
         Command::Worker(args) => {
-            let executor = crate::worker::default_executor(&config)?;
+            let mut executor = crate::worker::default_executor(&config)?;
+            let (gpus, library_dirs) = crate::worker::gpu_setup(&args.gpus, &args.gpu_lib_dir);
+            executor.library_dirs = library_dirs;
             let cpu_slots = args.cpu_slots.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
             });
@@ -176,7 +196,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 token: crate::config::Secret::new(args.token),
                 name: args.name.unwrap_or_else(crate::worker::host_name),
                 cpu_slots,
-                gpus: Vec::new(),
+                gpus,
                 labels: args.labels,
                 cache_dir: config.data_dir.join("lab-cache"),
                 executor,

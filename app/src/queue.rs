@@ -25,13 +25,16 @@ pub struct CatalogEntry {
 }
 
 impl CatalogEntry {
-    /// What a job of this lab asks for.
+    /// What a job of this lab asks for. A lab whose `[limits] gpu_memory_mb`
+    /// is above 0 asks for one GPU with that much free memory (a GPU job also
+    /// takes its CPU slots); otherwise it is a CPU job.
     pub fn resources(&self) -> Resources {
         let l = &self.lab.manifest.limits;
+        let gpu = l.gpu_memory_mb > 0;
         Resources {
             cpu_slots: l.threads.max(1),
-            gpu_count: 0,
-            gpu_memory_mb: 0,
+            gpu_count: u32::from(gpu),
+            gpu_memory_mb: l.gpu_memory_mb,
             wall_seconds: l.wall_seconds,
             memory_mb: l.memory_mb,
         }
@@ -258,4 +261,36 @@ pub fn spawn_reaper(db: Db, queue: Arc<Queue>, every: Duration) -> tokio::task::
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(gpu_memory_mb: u64) -> CatalogEntry {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../labs/fashion-transfer");
+        let mut lab = Lab::load(&dir).expect("the shipped lab loads");
+        lab.manifest.limits.gpu_memory_mb = gpu_memory_mb;
+        CatalogEntry {
+            package: LabPackage {
+                id: lab.manifest.id.clone(),
+                version: String::new(),
+                hash: String::new(),
+                files: Vec::new(),
+            },
+            lab,
+            blobs: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_lab_that_declares_gpu_memory_asks_for_one_gpu_with_it() {
+        let cpu = entry(0).resources();
+        assert_eq!((cpu.gpu_count, cpu.gpu_memory_mb), (0, 0));
+        assert!(cpu.cpu_slots >= 1);
+        let gpu = entry(6144).resources();
+        assert_eq!((gpu.gpu_count, gpu.gpu_memory_mb), (1, 6144));
+        assert_eq!(gpu.cpu_slots, cpu.cpu_slots);
+        assert_eq!(gpu.wall_seconds, cpu.wall_seconds);
+    }
 }

@@ -15,7 +15,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use reqwest::StatusCode;
 use sanhak_runner::protocol::{self, JobEvent, JobSpec, Phase, API_PREFIX};
-use sanhak_runner::service::{Executor, JobControl, JobEnd, LabCache, LabDirs};
+use sanhak_runner::service::gpu::{self, GpuJob, GpuLease, GpuSetting};
+use sanhak_runner::service::{
+    Executor, GpuAssignment, GpuPool, GpuWatch, HostGpu, JobControl, JobEnd, LabCache, LabDirs,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -30,7 +33,8 @@ pub struct WorkerConfig {
     pub token: Secret,
     pub name: String,
     pub cpu_slots: u32,
-    pub gpus: Vec<protocol::Gpu>,
+    /// The GPUs offered ([`gpu_setup`]); empty for a CPU-only runner.
+    pub gpus: Vec<HostGpu>,
     pub labels: Vec<String>,
     /// Lab packages cached by content hash.
     pub cache_dir: PathBuf,
@@ -156,10 +160,21 @@ async fn serve(config: WorkerConfig) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let free_cpu = Arc::new(AtomicU32::new(config.cpu_slots));
     let freed = Arc::new(tokio::sync::Notify::new());
+    let gpus = GpuPool::new(config.gpus.clone());
+    let watch = if config.gpus.is_empty() {
+        None
+    } else {
+        let watch = Arc::new(GpuWatch::host());
+        watch
+            .clone()
+            .spawn(gpu::WATCH_POLL)
+            .context("starting the GPU memory watchdog")?;
+        Some(watch)
+    };
     let registration = protocol::Register {
         name: config.name.clone(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
-        gpus: config.gpus.clone(),
+        gpus: config.gpus.iter().map(|g| g.gpu.clone()).collect(),
         cpu_slots: config.cpu_slots,
         labels: config.labels.clone(),
     };
@@ -190,9 +205,9 @@ async fn serve(config: WorkerConfig) -> anyhow::Result<()> {
             }
             let claim = protocol::Claim {
                 free_cpu_slots: free,
-                // The worker offers no GPUs yet (`gpus` is empty), so it is
-                // only handed CPU jobs.
-                free_gpu_memory_mb: config.gpus.iter().map(|g| g.memory_mb).collect(),
+                // Declared memory not yet reserved, per GPU: the app only
+                // hands out a GPU job that fits.
+                free_gpu_memory_mb: gpus.free_memory_mb(),
                 wait_ms: registered.max_wait_ms,
             };
             let timeout = Duration::from_millis(registered.max_wait_ms) + Duration::from_secs(10);
@@ -200,17 +215,28 @@ async fn serve(config: WorkerConfig) -> anyhow::Result<()> {
                 Ok(Some(job)) => {
                     let slots = job.resources.cpu_slots.min(free);
                     free_cpu.fetch_sub(slots, Ordering::SeqCst);
-                    let (api, config, free_cpu, freed) =
-                        (api.clone(), config.clone(), free_cpu.clone(), freed.clone());
+                    // Both come back when the task ends, even by a panic.
+                    let cpu = SlotGuard {
+                        free: free_cpu.clone(),
+                        slots,
+                        freed: freed.clone(),
+                    };
+                    let lease = gpus.reserve(job.resources.gpu_count, job.resources.gpu_memory_mb);
+                    let (api, config, watch) = (api.clone(), config.clone(), watch.clone());
                     let heartbeat = Duration::from_secs(registered.heartbeat_seconds.max(1));
                     tokio::spawn(async move {
+                        let _cpu = cpu;
                         let id = job.job_id.clone();
-                        if let Err(e) = run_job(&api, &config, job, heartbeat).await {
+                        let result = match lease {
+                            Some(lease) => {
+                                run_job(&api, &config, job, heartbeat, &lease, watch.as_deref())
+                                    .await
+                            }
+                            None => refuse_unfit(&api, &config, job).await,
+                        };
+                        if let Err(e) = result {
                             tracing::error!(job = %id, error = %e, "job ended without a report");
                         }
-                        free_cpu.fetch_add(slots, Ordering::SeqCst);
-                        // notify_one keeps a permit if the loop is not waiting yet.
-                        freed.notify_one();
                     });
                 }
                 Ok(None) => {}
@@ -261,15 +287,78 @@ async fn lab_dirs(api: &Api, config: &WorkerConfig, job: &JobSpec) -> anyhow::Re
     Ok(dirs)
 }
 
+/// CPU slots a job holds; given back (and the claim loop woken) on drop.
+struct SlotGuard {
+    free: Arc<AtomicU32>,
+    slots: u32,
+    freed: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.free.fetch_add(self.slots, Ordering::SeqCst);
+        // notify_one keeps a permit if the loop is not waiting yet.
+        self.freed.notify_one();
+    }
+}
+
+/// A claimed job whose GPUs this runner cannot give (it offered the memory,
+/// so this only happens if the app and the runner disagree): handed back as
+/// an infrastructure fault, so it runs elsewhere.
+async fn refuse_unfit(api: &Api, config: &WorkerConfig, job: JobSpec) -> anyhow::Result<()> {
+    let r = &job.resources;
+    let message = format!(
+        "runner {} has no {} GPU(s) with {} MB free for this job",
+        config.name, r.gpu_count, r.gpu_memory_mb
+    );
+    tracing::warn!(job = %job.job_id, %message, "refusing a claimed job");
+    let fail = protocol::Fail {
+        lease: job.lease.clone(),
+        fault: protocol::Fault::Infrastructure,
+        message,
+        usage: protocol::Usage::default(),
+    };
+    api.post_retrying::<_, protocol::ReportReply>(
+        &format!("/jobs/{}/fail", job.job_id),
+        &fail,
+        Duration::from_secs(600),
+    )
+    .await?;
+    Ok(())
+}
+
 async fn run_job(
     api: &Api,
     config: &Arc<WorkerConfig>,
     job: JobSpec,
     heartbeat_every: Duration,
+    gpu_lease: &GpuLease,
+    watch: Option<&GpuWatch>,
 ) -> anyhow::Result<()> {
     let job_path = format!("/jobs/{}", job.job_id);
     let lease = job.lease.clone();
     let stop = Arc::new(AtomicBool::new(false));
+    let assigned = gpu_lease.gpus();
+    if !assigned.is_empty() {
+        let indices: Vec<u32> = assigned.iter().map(|g| g.gpu.index).collect();
+        tracing::info!(job = %job.job_id, gpus = ?indices, memory_mb = gpu_lease.memory_mb(),
+            "GPU memory reserved");
+    }
+    let watched = (!assigned.is_empty()).then(|| {
+        Arc::new(GpuJob::new(
+            &job.job_id,
+            gpu_lease.memory_mb(),
+            assigned.len() as u32,
+            stop.clone(),
+        ))
+    });
+    if let (Some(w), Some(j)) = (watch, &watched) {
+        w.register(j);
+    }
+    let assignment = GpuAssignment {
+        gpus: assigned,
+        watch: watched,
+    };
     let (phase_tx, mut phase_rx) = mpsc::unbounded_channel::<Phase>();
     let (event_tx, mut event_rx) = mpsc::unbounded_channel::<JobEvent>();
 
@@ -364,6 +453,7 @@ async fn run_job(
             let executor = config.executor.clone();
             let stop_flag = stop.clone();
             let job_for_run = job.clone();
+            let assignment = assignment.clone();
             tokio::task::spawn_blocking(move || {
                 let mut on_event = |e: JobEvent| {
                     let _ = event_tx.send(e);
@@ -375,6 +465,7 @@ async fn run_job(
                     on_event: &mut on_event,
                     on_phase: &mut on_phase,
                     stop: &stop_flag,
+                    gpu: &assignment,
                 };
                 executor.run(&job_for_run, &dirs, &mut ctl)
             })
@@ -422,16 +513,54 @@ async fn run_job(
     Ok(())
 }
 
+/// The GPUs a worker offers (`--gpus`) and the CUDA library folders its
+/// training sandboxes get (`--gpu-lib-dir`, else found from this process and
+/// `LD_LIBRARY_PATH`). Logs where the GPUs came from, or why there are none.
+/// A build without the `cuda` feature offers no GPUs and binds no libraries.
+pub fn gpu_setup(setting: &GpuSetting, lib_dirs: &[PathBuf]) -> (Vec<HostGpu>, Vec<PathBuf>) {
+    let inventory = gpu::inventory(setting, gpu::CUDA_BUILT, &|| {
+        gpu::nvidia_smi(&gpu::INVENTORY_QUERY)
+    });
+    if inventory.gpus.is_empty() {
+        tracing::info!(why = %inventory.note, "offering no GPUs");
+    } else {
+        for g in &inventory.gpus {
+            tracing::info!(index = g.gpu.index, name = %g.gpu.name, memory_mb = g.gpu.memory_mb,
+                uuid = g.uuid.as_deref().unwrap_or("-"), source = %inventory.note, "offering a GPU");
+        }
+    }
+    let libs = match (gpu::CUDA_BUILT, lib_dirs.is_empty()) {
+        (false, _) => Vec::new(),
+        (true, false) => lib_dirs.to_vec(),
+        (true, true) => gpu::default_library_dirs(),
+    };
+    if gpu::CUDA_BUILT && libs.is_empty() {
+        tracing::warn!(
+            "no CUDA library folder found for the sandboxes: set LD_LIBRARY_PATH as the GPU hosts \
+             guide says, or pass --gpu-lib-dir"
+        );
+    } else if !libs.is_empty() {
+        tracing::info!(folders = ?libs, "CUDA libraries bound read-only into training sandboxes");
+    }
+    (inventory.gpus, libs)
+}
+
 /// The executor of this host: this binary as the trainer, jobs under
-/// `<data_dir>/jobs`, shared models from `<data_dir>/models`.
+/// `<data_dir>/jobs`, shared models from `<data_dir>/models`, and (in a
+/// `cuda` build, whose trainer links them) the CUDA library folders bound
+/// into its sandboxes.
 pub fn default_executor(config: &crate::config::Config) -> anyhow::Result<Executor> {
     let trainer = std::env::current_exe().context("locating the sanhak binary")?;
-    Ok(Executor::new(
+    let mut executor = Executor::new(
         trainer,
         Some(config.data_dir.join("models")),
         std::path::absolute(config.data_dir.join("jobs")).context("resolving the jobs folder")?,
         std::path::absolute(config.data_dir.join("rlibs")).context("resolving the rlib cache")?,
-    ))
+    );
+    if gpu::CUDA_BUILT {
+        executor.library_dirs = gpu::default_library_dirs();
+    }
+    Ok(executor)
 }
 
 /// This host's name (for runner registrations).

@@ -10,7 +10,7 @@ pub const API_PREFIX: &str = "/api/runner/v1";
 pub const TOKEN_PREFIX: &str = "shr_";
 
 /// One GPU of a runner host.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Gpu {
     pub index: u32,
     pub name: String,

@@ -104,6 +104,12 @@ pub struct SandboxSpec {
     /// within a watchdog tick, even if it prints nothing; it then ends as
     /// [`Status::Stopped`].
     pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// When set, holds bwrap's host pid while the job runs (0 before it
+    /// starts and from the moment bwrap has exited, before its pid can be
+    /// recycled). Every process of the job descends from it, so a caller can
+    /// tell which job a host pid belongs to (e.g. a GPU memory watchdog that
+    /// reads pids from `nvidia-smi`).
+    pub pid: Option<std::sync::Arc<std::sync::atomic::AtomicI32>>,
 }
 
 /// The guest path where the work folder is mounted.
@@ -124,9 +130,56 @@ impl SandboxSpec {
             gid: 1000,
             host_user: None,
             cancel: None,
+            pid: None,
         }
     }
+
+    /// Gives the job the GPUs with these host indices (`/dev/nvidiaN`, as
+    /// `nvidia-smi` numbers them) plus the driver's control nodes
+    /// ([`NVIDIA_CONTROL_DEVICES`]); no other GPU's node is bound, and
+    /// `/dev/nvidia-uvm-tools` never is.
+    pub fn add_gpus(&mut self, host_indices: &[u32]) {
+        for i in host_indices {
+            let node = PathBuf::from(format!("/dev/nvidia{i}"));
+            if !self.dev_binds.contains(&node) {
+                self.dev_binds.push(node);
+            }
+        }
+        for node in NVIDIA_CONTROL_DEVICES {
+            let node = PathBuf::from(node);
+            if !self.dev_binds.contains(&node) {
+                self.dev_binds.push(node);
+            }
+        }
+    }
+
+    /// Binds host library folders (the CUDA driver and libraries) read-only
+    /// at the same paths and puts them on `LD_LIBRARY_PATH` inside, in this
+    /// order. Folders under `/usr` are already visible and are only added to
+    /// the path.
+    pub fn add_library_dirs(&mut self, dirs: &[PathBuf]) {
+        if dirs.is_empty() {
+            return;
+        }
+        for d in dirs {
+            if !d.starts_with("/usr") && !self.ro_binds.iter().any(|b| &b.guest == d) {
+                self.ro_binds.push(Bind::new(d, d));
+            }
+        }
+        let path = std::env::join_paths(dirs)
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.env.retain(|(k, _)| k != "LD_LIBRARY_PATH");
+        self.env.push(("LD_LIBRARY_PATH".into(), path));
+    }
 }
+
+/// The NVIDIA device nodes every GPU job needs besides its own `/dev/nvidiaN`.
+pub const NVIDIA_CONTROL_DEVICES: [&str; 2] = ["/dev/nvidiactl", "/dev/nvidia-uvm"];
+
+/// Device nodes no sandbox may get: `/dev/nvidia-uvm-tools` is a profiling
+/// side channel into other jobs' GPU work.
+pub const FORBIDDEN_DEVICES: [&str; 1] = ["/dev/nvidia-uvm-tools"];
 
 /// Why a job could not be run at all. These are infrastructure faults, not the
 /// student's: the caller should retry or alert, never blame the submission.

@@ -182,6 +182,9 @@ pub fn run(
     drop(status_write);
     let pid = child.id() as libc::pid_t;
     tracing::debug!(pid, ?enforced, "sandbox started");
+    if let Some(slot) = &spec.pid {
+        slot.store(pid, std::sync::atomic::Ordering::SeqCst);
+    }
 
     let cgroup = Arc::new(cgroup);
     let shared = Arc::new(Shared {
@@ -189,6 +192,7 @@ pub fn run(
         reaped: Mutex::new(false),
         pgid: pid,
         cgroup: Arc::clone(&cgroup),
+        pid_slot: spec.pid.clone(),
     });
 
     let (stdout, stderr) = match (child.stdout.take(), child.stderr.take()) {
@@ -324,6 +328,9 @@ struct Shared {
     reaped: Mutex<bool>,
     pgid: libc::pid_t,
     cgroup: Arc<Option<JobCgroup>>,
+    /// The caller's copy of bwrap's pid ([`SandboxSpec::pid`]), cleared
+    /// before bwrap is reaped.
+    pid_slot: Option<Arc<std::sync::atomic::AtomicI32>>,
 }
 
 impl Shared {
@@ -528,6 +535,9 @@ fn wait_exit(pid: libc::pid_t, shared: &Shared) -> io::Result<(libc::c_int, libc
         }
     }
     // From now on nobody may signal the group: its id may be recycled.
+    if let Some(slot) = &shared.pid_slot {
+        slot.store(0, std::sync::atomic::Ordering::SeqCst);
+    }
     let _ = shared.reaped.lock().map(|mut r| *r = true);
     loop {
         let mut status: libc::c_int = 0;
@@ -688,6 +698,9 @@ fn validate(spec: &SandboxSpec) -> Result<(), SandboxError> {
     for d in &spec.dev_binds {
         if !guest_ok(d) || !d.starts_with("/dev") {
             return bad(format!("device {} is not under /dev", d.display()));
+        }
+        if crate::FORBIDDEN_DEVICES.iter().any(|f| d == Path::new(f)) {
+            return bad(format!("device {} may never enter a sandbox", d.display()));
         }
     }
     if let Some(cwd) = &spec.cwd {
@@ -876,6 +889,7 @@ mod tests {
             reaped: Mutex::new(true),
             pgid: 0,
             cgroup: Arc::new(None),
+            pid_slot: None,
         };
         let limits = Limits {
             max_line_bytes: 4,
@@ -952,6 +966,7 @@ xyz",
             reaped: Mutex::new(true),
             pgid: 0,
             cgroup: Arc::new(None),
+            pid_slot: None,
         };
         let mut count = 0;
         read_lines(
@@ -1006,5 +1021,71 @@ xyz",
         );
         assert!(text.windows(2).any(|w| w[0] == "--seccomp" && w[1] == "7"));
         assert!(!text.iter().any(|a| a == "/etc" || a == "/etc/passwd"));
+    }
+
+    #[test]
+    fn a_gpu_job_gets_exactly_its_device_nodes_and_never_uvm_tools() {
+        let mut spec = SandboxSpec::new(vec!["/opt/prog".into()], "/w");
+        spec.add_gpus(&[1]);
+        spec.add_gpus(&[1]);
+        spec.add_library_dirs(&[
+            PathBuf::from("/usr/lib/x86_64-linux-gnu"),
+            PathBuf::from("/opt/cuda/lib"),
+        ]);
+        let args = bwrap_args(&spec, 3);
+        let text: Vec<String> = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let devices: Vec<&str> = text
+            .windows(3)
+            .filter(|w| w[0] == "--dev-bind")
+            .map(|w| {
+                assert_eq!(w[1], w[2], "a device is bound at its own path");
+                w[1].as_str()
+            })
+            .collect();
+        assert_eq!(
+            devices,
+            ["/dev/nvidia1", "/dev/nvidiactl", "/dev/nvidia-uvm"]
+        );
+        assert!(!text.iter().any(|a| a.contains("uvm-tools")));
+        assert!(!text.iter().any(|a| a == "/dev/nvidia0"));
+        // Devices are bound after the fresh /dev and before it turns read-only.
+        let pos = |needle: &[&str]| {
+            text.windows(needle.len())
+                .position(|w| w.iter().zip(needle).all(|(a, b)| a == b))
+                .expect("present")
+        };
+        assert!(pos(&["--dev", "/dev"]) < pos(&["--dev-bind", "/dev/nvidia1"]));
+        assert!(pos(&["--dev-bind", "/dev/nvidia-uvm"]) < pos(&["--remount-ro", "/dev"]));
+        // The library folder outside /usr is bound read-only; both are on the path.
+        assert!(text
+            .windows(3)
+            .any(|w| w[0] == "--ro-bind" && w[1] == "/opt/cuda/lib" && w[2] == "/opt/cuda/lib"));
+        assert!(!text
+            .windows(2)
+            .any(|w| w[0] == "--ro-bind" && w[1] == "/usr/lib/x86_64-linux-gnu"));
+        assert!(text.windows(3).any(|w| w[0] == "--setenv"
+            && w[1] == "LD_LIBRARY_PATH"
+            && w[2] == "/usr/lib/x86_64-linux-gnu:/opt/cuda/lib"));
+
+        // A CPU job gets no NVIDIA node at all.
+        let cpu = bwrap_args(&SandboxSpec::new(vec!["/opt/prog".into()], "/w"), 3);
+        assert!(!cpu.iter().any(|a| a.to_string_lossy().contains("nvidia")));
+    }
+
+    #[test]
+    fn uvm_tools_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut spec = SandboxSpec::new(vec!["/opt/prog".into()], dir.path());
+        spec.dev_binds.push(PathBuf::from("/dev/nvidia-uvm-tools"));
+        match validate(&spec) {
+            Err(SandboxError::InvalidSpec(m)) => assert!(m.contains("nvidia-uvm-tools"), "{m}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        spec.dev_binds.clear();
+        spec.add_gpus(&[0]);
+        assert!(validate(&spec).is_ok());
     }
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use sanhak_sandbox::{self as sandbox, Bind, Limits, LineAction, SandboxSpec, WorkDir};
 
 use super::cache::LabDirs;
+use super::gpu::GpuAssignment;
 use crate::codelab::compile::{compile_submission, default_compile_limits, Prebuilt};
 use crate::codelab::sandboxed::Isolation;
 use crate::codelab::{self, finetune, CodeOutcome, GradeOptions, GradeProgress};
@@ -50,6 +51,11 @@ pub struct Executor {
     /// Where code labs' prebuilt rlibs of labkit and candle are cached
     /// (built once per host, toolchain and version).
     pub rlib_cache: PathBuf,
+    /// Host folders of the CUDA driver and libraries, bound read-only into
+    /// every training sandbox and put on its `LD_LIBRARY_PATH` (a `cuda`
+    /// build of the trainer links them, even for a CPU job). Empty for a
+    /// build without CUDA.
+    pub library_dirs: Vec<PathBuf>,
     prebuilt: Arc<OnceLock<Result<Prebuilt, String>>>,
 }
 
@@ -84,6 +90,10 @@ pub struct JobControl<'a> {
     /// Set by the worker when the app cancels the job or the lease is lost;
     /// the sandbox is killed within a watchdog tick.
     pub stop: &'a Arc<AtomicBool>,
+    /// The GPUs reserved for the job (none for a CPU job) and its entry in
+    /// the GPU memory watchdog, which sets `stop` when the job exceeds its
+    /// declared GPU memory.
+    pub gpu: &'a GpuAssignment,
 }
 
 fn now_ms() -> i64 {
@@ -117,6 +127,7 @@ impl Executor {
             models_dir,
             work_root,
             rlib_cache,
+            library_dirs: Vec::new(),
             prebuilt: Arc::new(OnceLock::new()),
         }
     }
@@ -211,6 +222,9 @@ impl Executor {
             spec.ro_binds
                 .push(Bind::new(models, Path::new(GUEST_DATA).join("models")));
         }
+        spec.add_library_dirs(&self.library_dirs);
+        ctl.gpu.apply(&mut spec);
+        let gpus_assigned = ctl.gpu.gpus.len() as f64;
         (ctl.on_phase)(Phase::Running);
         let mut seq = 0u64;
         let mut flooded = false;
@@ -253,8 +267,11 @@ impl Executor {
                 .cpu
                 .map(|d| d.as_secs_f64())
                 .unwrap_or_else(|| outcome.wall.as_secs_f64()),
-            gpu_seconds: outcome.wall.as_secs_f64() * f64::from(job.resources.gpu_count),
+            gpu_seconds: outcome.wall.as_secs_f64() * gpus_assigned,
         };
+        if let Some(message) = ctl.gpu.overuse() {
+            return JobEnd::fail(Fault::Submission, message, usage);
+        }
         if stop.load(Ordering::Relaxed) {
             return JobEnd::Cancelled;
         }
@@ -301,10 +318,13 @@ impl Executor {
     /// scores the fine-tuned checkpoint on the hidden split outside it.
     fn run_code(&self, job: &JobSpec, dirs: &LabDirs, ctl: &mut JobControl<'_>) -> JobEnd {
         let t0 = Instant::now();
+        // Code labs train on the CPU for now; GPUs reserved for one are
+        // still charged, as wall time × GPUs assigned.
+        let gpus_assigned = ctl.gpu.gpus.len() as f64;
         let usage = |t0: Instant| Usage {
             wall_seconds: t0.elapsed().as_secs_f64(),
             cpu_seconds: t0.elapsed().as_secs_f64(),
-            gpu_seconds: 0.0,
+            gpu_seconds: t0.elapsed().as_secs_f64() * gpus_assigned,
         };
         let infra = |what: &str, e: &dyn std::fmt::Display| {
             JobEnd::fail(Fault::Infrastructure, format!("{what}: {e}"), usage(t0))

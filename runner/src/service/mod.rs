@@ -5,6 +5,9 @@
 
 pub mod cache;
 pub mod exec;
+pub mod gpu;
+pub mod gpu_check;
 
 pub use cache::{LabCache, LabDirs};
 pub use exec::{Executor, JobControl, JobEnd};
+pub use gpu::{GpuAssignment, GpuPool, GpuWatch, HostGpu};
