@@ -39,9 +39,10 @@ pub enum Command {
     /// Manage accounts.
     #[command(subcommand)]
     User(UserCommand),
-    /// Lab packages: validate and check, run a recipe, build base checkpoints.
+    /// Lab packages: validate and check, run a recipe, build base
+    /// checkpoints, publish to a server.
     #[command(subcommand)]
-    Lab(sanhak_runner::cli::LabCommand),
+    Lab(LabCommand),
     /// Pretrained models that labs can use.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -57,6 +58,44 @@ pub enum Command {
     /// GPU host checks (run by scripts/gpu-check on a GPU host).
     #[command(subcommand, hide = true)]
     GpuCheck(sanhak_runner::service::gpu_check::GpuCheckCommand),
+}
+
+/// `sanhak lab …`: the runner's commands plus `push`.
+#[derive(Subcommand, Debug)]
+pub enum LabCommand {
+    #[command(flatten)]
+    Runner(sanhak_runner::cli::LabCommand),
+    /// Publish a lab folder to a Sanhak server: packs it as a .tar.gz in
+    /// memory (without dot-files and target/; symbolic links are refused) and
+    /// posts it to /api/v1/labs. The server checks it (`lab check --quick`)
+    /// before it goes live.
+    Push(PushArgs),
+}
+
+#[derive(clap::Args)]
+pub struct PushArgs {
+    /// The lab folder (containing lab.toml).
+    dir: std::path::PathBuf,
+    /// The server's base URL, e.g. http://127.0.0.1:8080.
+    #[arg(long, env = "SANHAK_SERVER")]
+    server: String,
+    /// A personal access token of an instructor (Settings → Access tokens).
+    #[arg(long, env = "SANHAK_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Wait for the server's check and print its outcome.
+    #[arg(long)]
+    wait: bool,
+}
+
+impl std::fmt::Debug for PushArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushArgs")
+            .field("dir", &self.dir)
+            .field("server", &self.server)
+            .field("token", &"[redacted]")
+            .field("wait", &self.wait)
+            .finish()
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -152,6 +191,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     // `lab` commands also run inside the sandbox: they read settings but
     // create nothing (no data folder, no session key).
     if let Command::Lab(cmd) = cli.command {
+        let cmd = match cmd {
+            LabCommand::Push(args) => return push(args).await,
+            LabCommand::Runner(cmd) => cmd,
+        };
         let paths = cli.settings.paths()?;
         telemetry::init(&paths.log);
         let models_dir = paths.data_dir.join("models");
@@ -243,6 +286,71 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
         }
     }
+}
+
+/// `sanhak lab push`.
+async fn push(args: PushArgs) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let dir = args.dir.clone();
+    let bytes = tokio::task::spawn_blocking(move || crate::publish::pack_folder(&dir)).await??;
+    let base = args.server.trim_end_matches('/');
+    let client = reqwest::Client::new();
+    let response = client
+        .post(format!("{base}/api/v1/labs"))
+        .bearer_auth(&args.token)
+        .header(reqwest::header::CONTENT_TYPE, "application/gzip")
+        .body(bytes)
+        .send()
+        .await
+        .with_context(|| format!("posting the lab to {base}"))?;
+    let published: crate::publish::Published = api_reply(response).await?;
+    if published.unchanged {
+        println!(
+            "{} {} was already published with this content ({})",
+            published.lab_id, published.version, published.state
+        );
+    } else {
+        println!(
+            "published {} {} ({}); the server is checking it",
+            published.lab_id, published.version, published.hash
+        );
+    }
+    if !args.wait {
+        return Ok(());
+    }
+    let url = format!(
+        "{base}/api/v1/labs/{}/versions/{}",
+        published.lab_id, published.version
+    );
+    loop {
+        let response = client.get(&url).bearer_auth(&args.token).send().await?;
+        let v: serde_json::Value = api_reply(response).await?;
+        let state = v.get("state").and_then(|s| s.as_str()).unwrap_or_default();
+        if state != "checking" {
+            let report = v
+                .get("check_report")
+                .and_then(|s| s.as_str())
+                .unwrap_or_default();
+            println!("{state}\n{report}");
+            anyhow::ensure!(state == "live", "the check rejected this version");
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+}
+
+/// A JSON reply, or the server's error message.
+async fn api_reply<T: serde::de::DeserializeOwned>(r: reqwest::Response) -> anyhow::Result<T> {
+    let status = r.status();
+    let body = r.bytes().await?;
+    if status.is_success() {
+        return Ok(serde_json::from_slice(&body)?);
+    }
+    let message = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+    anyhow::bail!("the server refused ({status}): {message}")
 }
 
 async fn runner_command(db: &Db, cmd: RunnerCommand) -> anyhow::Result<()> {

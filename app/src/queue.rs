@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -46,10 +46,21 @@ impl CatalogEntry {
     }
 }
 
-/// Every lab package in the labs folder, hashed once at start.
+/// The lab packages runners can fetch: every lab in the labs folder (hashed
+/// once at start) plus every live published version. `get` gives a lab's
+/// latest live version; older versions stay servable by content hash, so a
+/// job submitted before a new version went live still gets its package.
 #[derive(Debug, Default)]
 pub struct LabCatalog {
-    labs: HashMap<String, Arc<CatalogEntry>>,
+    inner: RwLock<CatalogInner>,
+}
+
+#[derive(Debug, Default)]
+struct CatalogInner {
+    /// Lab id → its latest live version.
+    latest: HashMap<String, Arc<CatalogEntry>>,
+    /// Lab id → every version loaded, oldest first.
+    versions: HashMap<String, Vec<Arc<CatalogEntry>>>,
 }
 
 /// Largest lab package file served (data files are a few MB).
@@ -59,10 +70,10 @@ impl LabCatalog {
     /// Loads and hashes every lab under `labs_dir`. A folder that is not a
     /// valid lab is skipped with a warning (its `lab check` says why).
     pub fn load(labs_dir: &Path) -> anyhow::Result<LabCatalog> {
-        let mut labs = HashMap::new();
+        let catalog = LabCatalog::default();
         let Ok(entries) = std::fs::read_dir(labs_dir) else {
             tracing::warn!(dir = %labs_dir.display(), "no labs folder: no lab can be submitted");
-            return Ok(LabCatalog::default());
+            return Ok(catalog);
         };
         let mut dirs: Vec<PathBuf> = entries
             .filter_map(Result::ok)
@@ -75,31 +86,74 @@ impl LabCatalog {
                 Ok(lab) => {
                     let entry = package_of(lab)
                         .with_context(|| format!("hashing lab package {}", dir.display()))?;
-                    labs.insert(entry.package.id.clone(), Arc::new(entry));
+                    catalog.insert_latest(Arc::new(entry));
                 }
                 Err(e) => tracing::warn!(error = %e, "skipping a lab package that does not load"),
             }
         }
-        Ok(LabCatalog { labs })
+        Ok(catalog)
     }
 
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, CatalogInner> {
+        self.inner.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, CatalogInner> {
+        self.inner.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The lab's latest live version.
     pub fn get(&self, id: &str) -> Option<Arc<CatalogEntry>> {
-        self.labs.get(id).cloned()
+        self.read().latest.get(id).cloned()
     }
 
-    /// Every lab package.
-    pub fn entries(&self) -> impl Iterator<Item = &Arc<CatalogEntry>> + '_ {
-        self.labs.values()
+    /// A loaded version of the lab by its package hash (old ones included).
+    pub fn get_version(&self, id: &str, hash: &str) -> Option<Arc<CatalogEntry>> {
+        self.read()
+            .versions
+            .get(id)?
+            .iter()
+            .find(|e| e.package.hash == hash)
+            .cloned()
+    }
+
+    /// Makes `entry` the lab's latest version (keeping the older ones
+    /// servable by hash).
+    pub fn insert_latest(&self, entry: Arc<CatalogEntry>) {
+        let mut inner = self.write();
+        let id = entry.package.id.clone();
+        let versions = inner.versions.entry(id.clone()).or_default();
+        versions.retain(|e| e.package.hash != entry.package.hash);
+        versions.push(entry.clone());
+        inner.latest.insert(id, entry);
+    }
+
+    /// The file with this content hash in any loaded version of the lab.
+    pub fn blob(&self, id: &str, sha256: &str) -> Option<PathBuf> {
+        self.read()
+            .versions
+            .get(id)?
+            .iter()
+            .rev()
+            .find_map(|e| e.blob(sha256).map(Path::to_path_buf))
+    }
+
+    /// The latest version of every lab, by id.
+    pub fn entries(&self) -> std::vec::IntoIter<Arc<CatalogEntry>> {
+        let mut v: Vec<Arc<CatalogEntry>> = self.read().latest.values().cloned().collect();
+        v.sort_by(|a, b| a.package.id.cmp(&b.package.id));
+        v.into_iter()
     }
 
     pub fn ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self.labs.keys().cloned().collect();
+        let mut ids: Vec<String> = self.read().latest.keys().cloned().collect();
         ids.sort();
         ids
     }
 }
 
-fn package_of(lab: Lab) -> anyhow::Result<CatalogEntry> {
+/// Hashes a loaded lab package's files into a catalog entry.
+pub fn package_of(lab: Lab) -> anyhow::Result<CatalogEntry> {
     let mut files = Vec::new();
     let mut blobs = HashMap::new();
     walk(lab.dir(), Path::new(""), &mut |rel, abs| {

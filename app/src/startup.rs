@@ -45,6 +45,7 @@ pub async fn prepare_state(config: Config) -> anyhow::Result<(AppState, Store)> 
         metrics: Arc::new(Metrics::new()?),
         queue,
     };
+    crate::publish::load_published(&state).await?;
     Ok((state, store))
 }
 

@@ -259,7 +259,10 @@ async fn serve(config: WorkerConfig) -> anyhow::Result<()> {
 async fn lab_dirs(api: &Api, config: &WorkerConfig, job: &JobSpec) -> anyhow::Result<LabDirs> {
     let cache = LabCache::new(&config.cache_dir);
     let bytes = api
-        .get_bytes(&format!("/labs/{}", job.lab.id))
+        .get_bytes(&format!(
+            "/labs/{}?hash={}",
+            job.lab.id, job.lab.package_hash
+        ))
         .await
         .context("fetching the lab package listing")?;
     let package: protocol::LabPackage =

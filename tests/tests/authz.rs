@@ -157,6 +157,10 @@ const PAGES: &[Row] = &[
     row("GET", "/jobs/{job_id}", MEMBERS),
     row("GET", "/jobs/{job_id}/stream", MEMBERS),
     row("POST", "/jobs/{job_id}/cancel", MEMBERS),
+    // Publishing lab packages: instructors and site admins.
+    row("GET", "/labs/publish", CREATORS),
+    row("POST", "/labs/publish", CREATORS),
+    row("GET", "/labs/{lab_id}/preview", CREATORS),
 ];
 
 const API: &[Row] = &[
@@ -184,6 +188,8 @@ const API: &[Row] = &[
     row("GET", "/api/v1/jobs/{job_id}", MEMBERS),
     row("GET", "/api/v1/jobs/{job_id}/events", MEMBERS),
     row("POST", "/api/v1/jobs/{job_id}/cancel", MEMBERS),
+    row("POST", "/api/v1/labs", CREATORS),
+    row("GET", "/api/v1/labs/{lab_id}/versions/{version}", CREATORS),
     // The runner protocol takes runner tokens only: no person gets in.
     row("POST", "/api/runner/v1/register", NOBODY),
     row("POST", "/api/runner/v1/claim", NOBODY),
@@ -344,6 +350,7 @@ fn concrete(path: &str, w: &World) -> String {
     path.replace("{course_id}", &w.course_a)
         .replace("{job_id}", &w.job_id)
         .replace("{lab_id}", LAB)
+        .replace("{version}", "1.0.0")
         .replace("{sha256}", &"0".repeat(64))
         .replace("{slug}", &w.company_slug)
         .replace("{user_id}", &w.bystander_id)
@@ -441,6 +448,7 @@ both_backends!(authorization_matrix, |app: TestApp| async move {
     for api_source in [
         include_str!("../../app/src/web/api/courses.rs"),
         include_str!("../../app/src/web/api/jobs.rs"),
+        include_str!("../../app/src/web/api/publish.rs"),
     ] {
         for chunk in api_source.split("path = \"").skip(1) {
             registered.insert(chunk.chars().take_while(|c| *c != '"').collect());

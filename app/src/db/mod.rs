@@ -8,6 +8,7 @@ pub mod invites;
 pub mod jobs;
 pub mod labs;
 pub mod orgs;
+pub mod publish;
 pub mod regrades;
 pub mod runners;
 pub mod submissions;

@@ -14,13 +14,14 @@ pub mod markdown;
 pub mod metrics;
 pub mod ops;
 pub mod orgs;
+pub mod publish;
 pub mod regrades;
 pub mod settings;
 pub mod templates;
 
 use std::sync::Arc;
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::{header, HeaderValue};
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::IntoResponse as _;
@@ -126,6 +127,15 @@ fn pages() -> Router<AppState> {
             "/courses/{course_id}/roster/students/{user_id}/remove",
             post(courses::remove_student),
         )
+        .route(
+            "/labs/publish",
+            get(publish::index)
+                .post(publish::upload)
+                .layer(DefaultBodyLimit::max(
+                    crate::publish::MAX_ARCHIVE_BYTES + 64 * 1024,
+                )),
+        )
+        .route("/labs/{lab_id}/preview", get(publish::preview))
         .route("/orgs/{slug}", get(orgs::show))
         .route("/orgs/{slug}/members", post(orgs::add_member))
         .route(

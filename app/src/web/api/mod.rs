@@ -5,6 +5,7 @@
 
 pub mod courses;
 pub mod jobs;
+pub mod publish;
 pub mod runner;
 
 use axum::extract::{FromRequest, Request};
@@ -27,7 +28,7 @@ use crate::state::AppState;
     modifiers(&BearerAuth),
     security(("bearer" = [])),
     tags((name = "courses", description = "Courses, join codes and rosters"), (name = "account", description = "The caller"),
-        (name = "labs", description = "Labs of a course, submissions and their jobs"))
+        (name = "labs", description = "Labs of a course, submissions and their jobs; publishing lab packages"))
 )]
 struct ApiDoc;
 
@@ -72,6 +73,8 @@ pub fn router() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(jobs::get_job))
         .routes(routes!(jobs::job_events))
         .routes(routes!(jobs::cancel_job))
+        .routes(routes!(publish::push))
+        .routes(routes!(publish::get_version))
         .split_for_parts()
 }
 

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -248,12 +248,25 @@ async fn fail(
     report_reply(report)
 }
 
+/// `?hash=`: the version a job was submitted against.
+#[derive(serde::Deserialize)]
+struct VersionQuery {
+    hash: Option<String>,
+}
+
+/// A lab package: the version with `?hash=` (older live versions stay
+/// servable for their jobs), else the latest.
 async fn lab_package(
     State(state): State<AppState>,
     _runner: RunnerAuth,
     Path(lab_id): Path<String>,
+    Query(q): Query<VersionQuery>,
 ) -> AppResult<Json<protocol::LabPackage>> {
-    let entry = state.queue.catalog.get(&lab_id).ok_or(AppError::NotFound)?;
+    let entry = match &q.hash {
+        Some(hash) => state.queue.catalog.get_version(&lab_id, hash),
+        None => state.queue.catalog.get(&lab_id),
+    }
+    .ok_or(AppError::NotFound)?;
     Ok(Json(entry.package.clone()))
 }
 
@@ -262,8 +275,11 @@ async fn lab_file(
     _runner: RunnerAuth,
     Path((lab_id, sha256)): Path<(String, String)>,
 ) -> AppResult<Response> {
-    let entry = state.queue.catalog.get(&lab_id).ok_or(AppError::NotFound)?;
-    let path = entry.blob(&sha256).ok_or(AppError::NotFound)?.to_path_buf();
+    let path = state
+        .queue
+        .catalog
+        .blob(&lab_id, &sha256)
+        .ok_or(AppError::NotFound)?;
     let bytes = tokio::fs::read(&path)
         .await
         .map_err(|e| AppError::Internal(anyhow::Error::new(e).context("reading a lab file")))?;
