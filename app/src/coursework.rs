@@ -202,12 +202,12 @@ impl Attempt {
 
 /// The attempt that counts: the best or the last graded one. Ties go to the
 /// earlier attempt. `attempts` may be in any order.
-pub fn counted<'a>(
-    attempts: &'a [Attempt],
+pub fn counted(
+    attempts: &[Attempt],
     counts: Counts,
     lab_max: f64,
     course_max: Option<f64>,
-) -> Option<&'a Attempt> {
+) -> Option<&Attempt> {
     let graded = attempts.iter().filter(|a| a.is_graded());
     match counts {
         Counts::Last => graded.max_by_key(|a| (a.submitted_at, a.job_id.clone())),

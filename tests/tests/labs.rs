@@ -756,7 +756,7 @@ both_backends!(
         let totals = |csv: String| -> Vec<String> {
             csv::Reader::from_reader(csv.as_bytes())
                 .records()
-                .map(|r| r.unwrap().iter().last().unwrap().to_owned())
+                .map(|r| r.unwrap().iter().next_back().unwrap().to_owned())
                 .collect()
         };
         assert_eq!(

@@ -410,17 +410,28 @@ fn starter_text(entry: &CatalogEntry) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
+/// What a refused submission puts back on the lab page: the text as sent,
+/// the recipe's problems, and a problem with the whole submission.
+#[derive(Default)]
+struct Draft<'a> {
+    text: Option<String>,
+    issues: &'a [RecipeIssue],
+    form_error: Option<String>,
+}
+
 async fn lab_page(
     state: &AppState,
     ctx: PageCtx,
     access: &CourseMember,
-    offered: CourseLab,
-    entry: &CatalogEntry,
+    (offered, entry): (CourseLab, &CatalogEntry),
     due: Option<i64>,
-    text: Option<String>,
-    issues: &[RecipeIssue],
-    form_error: Option<String>,
+    draft: Draft<'_>,
 ) -> AppResult<LabPage> {
+    let Draft {
+        text,
+        issues,
+        form_error,
+    } = draft;
     let user = &access.user;
     let lab = LabInfo::of(entry);
     let readme = markdown::render_cached(&entry.package.hash, || {
@@ -531,7 +542,15 @@ pub async fn show(
     Path((_, lab_id)): Path<(String, String)>,
 ) -> AppResult<Response> {
     let ((offered, entry), due) = visible_lab_for(&state, &access, &lab_id).await?;
-    let page = lab_page(&state, ctx, &access, offered, &entry, due, None, &[], None).await?;
+    let page = lab_page(
+        &state,
+        ctx,
+        &access,
+        (offered, &entry),
+        due,
+        Draft::default(),
+    )
+    .await?;
     Ok(render(&page))
 }
 
@@ -563,34 +582,22 @@ pub async fn submit(
     match coursework::submit(&state, &offered, &entry, &access.user, staff, content).await {
         Ok(done) => Ok(Redirect::to(&format!("/jobs/{}", done.job_id)).into_response()),
         Err(SubmitError::Recipe(issues)) => {
-            let page = lab_page(
-                &state,
-                ctx,
-                &access,
-                offered,
-                &entry,
-                due,
-                Some(text),
-                &issues,
-                None,
-            )
-            .await?;
+            let draft = Draft {
+                text: Some(text),
+                issues: &issues,
+                form_error: None,
+            };
+            let page = lab_page(&state, ctx, &access, (offered, &entry), due, draft).await?;
             Ok((StatusCode::UNPROCESSABLE_ENTITY, render(&page)).into_response())
         }
         Err(SubmitError::App(e @ (AppError::Refused { .. } | AppError::Unprocessable(_)))) => {
             let status = e.status();
-            let page = lab_page(
-                &state,
-                ctx,
-                &access,
-                offered,
-                &entry,
-                due,
-                Some(text),
-                &[],
-                Some(e.api_message()),
-            )
-            .await?;
+            let draft = Draft {
+                text: Some(text),
+                issues: &[],
+                form_error: Some(e.api_message()),
+            };
+            let page = lab_page(&state, ctx, &access, (offered, &entry), due, draft).await?;
             Ok((status, render(&page)).into_response())
         }
         Err(SubmitError::App(e)) => Err(e),
