@@ -587,16 +587,7 @@ pub async fn cancel(
     CurrentUser(user): CurrentUser,
     Path(job_id): Path<String>,
 ) -> AppResult<Response> {
-    let (job, staff) = visible_job(&state, &user, &job_id).await?;
-    let by = if staff && job.user_id != user.id {
-        "staff"
-    } else {
-        "the student"
-    };
-    if jobs::cancel(&state.db, &job_id, by).await?.is_none() {
-        return Err(AppError::Conflict("job_already_finished"));
-    }
-    state.queue.changed(&job_id);
+    crate::web::api::jobs::cancel_as(&state, &user, &job_id).await?;
     flash(&session, "job_cancelled").await?;
     Ok(Redirect::to(&format!("/jobs/{job_id}")).into_response())
 }

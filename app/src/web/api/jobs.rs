@@ -190,6 +190,26 @@ pub(crate) async fn visible_job(
     Ok((job, staff))
 }
 
+/// Cancels a job its student or the course's staff may see (the API and the
+/// job page's button).
+pub(crate) async fn cancel_as(
+    state: &AppState,
+    user: &crate::db::users::User,
+    job_id: &str,
+) -> AppResult<()> {
+    let (job, staff) = visible_job(state, user, job_id).await?;
+    let by = if staff && job.user_id != user.id {
+        "staff"
+    } else {
+        "the student"
+    };
+    if jobs::cancel(&state.db, job_id, by).await?.is_none() {
+        return Err(AppError::Conflict("job_already_finished"));
+    }
+    state.queue.changed(job_id);
+    Ok(())
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct JobOut {
     #[serde(flatten)]
@@ -267,16 +287,7 @@ pub async fn cancel_job(
     CurrentUser(user): CurrentUser,
     Path(job_id): Path<String>,
 ) -> AppResult<Json<JobOut>> {
-    let (job, staff) = visible_job(&state, &user, &job_id).await?;
-    let by = if staff && job.user_id != user.id {
-        "staff"
-    } else {
-        "the student"
-    };
-    if jobs::cancel(&state.db, &job_id, by).await?.is_none() {
-        return Err(AppError::Conflict("job_already_finished"));
-    }
-    state.queue.changed(&job_id);
+    cancel_as(&state, &user, &job_id).await?;
     let (job, _) = visible_job(&state, &user, &job_id).await?;
     Ok(Json(JobOut {
         job,
