@@ -437,11 +437,16 @@ pub async fn roster_export(
 ) -> AppResult<Response> {
     let roster = courses::roster(&state.db, &access.course.id).await?;
     let body = roster_csv(&access.course, &roster)?;
-    let filename = format!("roster-{}-{}.csv", access.course.code, access.course.term).replace(
+    Ok(csv_download("roster", &access.course, body))
+}
+
+/// A CSV file download named `<what>-<code>-<term>.csv` (safe characters only).
+pub fn csv_download(what: &str, course: &Course, body: impl IntoResponse) -> Response {
+    let filename = format!("{what}-{}-{}.csv", course.code, course.term).replace(
         |c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '.'),
         "_",
     );
-    Ok((
+    (
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
             (
@@ -451,7 +456,7 @@ pub async fn roster_export(
         ],
         body,
     )
-        .into_response())
+        .into_response()
 }
 
 #[cfg(test)]

@@ -6,8 +6,7 @@ use std::collections::HashMap;
 
 use askama::Template;
 use axum::extract::{Path, State};
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
 use super::charts;
 use super::courses::csv_safe;
@@ -226,25 +225,11 @@ pub fn to_csv(book: &Gradebook) -> AppResult<String> {
 pub async fn export(State(state): State<AppState>, access: CourseStaff) -> AppResult<Response> {
     let book = build(&state, &access.course.id).await?;
     let body = to_csv(&book)?;
-    let filename = format!(
-        "gradebook-{}-{}.csv",
-        access.course.code, access.course.term
-    )
-    .replace(
-        |c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '.'),
-        "_",
-    );
-    Ok((
-        [
-            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{filename}\""),
-            ),
-        ],
+    Ok(super::courses::csv_download(
+        "gradebook",
+        &access.course,
         body,
-    )
-        .into_response())
+    ))
 }
 
 /// One attempt in the drill-down.
