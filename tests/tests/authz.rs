@@ -32,6 +32,15 @@ const ADMIN: &[Who] = &[Admin];
 const CREATORS: &[Who] = &[Instructor, Admin];
 const NOBODY: &[Who] = &[];
 const STUDENTS: &[Who] = &[Student];
+// joint projects
+const UNI_STUDENTS: &[Who] = &[Outsider, Student, Ta];
+const REVIEWERS: &[Who] = &[Instructor, Company, Admin];
+const TEAM_MEMBER: &[Who] = &[Ta];
+const FACULTY: &[Who] = &[Instructor];
+const COMPANY: &[Who] = &[Company];
+const DECIDERS: &[Who] = &[Instructor, Company];
+const SPACE_VIEWERS: &[Who] = &[Student, Ta, Instructor, Company, Admin];
+const PARTICIPANTS: &[Who] = &[Student, Ta, Instructor, Company];
 
 struct Row {
     method: &'static str,
@@ -161,6 +170,31 @@ const PAGES: &[Row] = &[
     row("GET", "/labs/publish", CREATORS),
     row("POST", "/labs/publish", CREATORS),
     row("GET", "/labs/{lab_id}/preview", CREATORS),
+    // joint projects: `{posting_id}` is an open project of the university
+    // (every student account studies there: Outsider, Student and the TA);
+    // `{team_id}` is formed, led by Student with the TA as a member, approved
+    // by the company member and advised by the instructor. Moves of a formed
+    // team are refused (409) for those allowed to make them.
+    row("GET", "/postings/{posting_id}/interest", UNI_STUDENTS),
+    row("POST", "/postings/{posting_id}/interest", UNI_STUDENTS),
+    row("GET", "/postings/{posting_id}/teams", REVIEWERS),
+    row("POST", "/teams/{team_id}/accept", TEAM_MEMBER),
+    row("POST", "/teams/{team_id}/decline-invitation", TEAM_MEMBER),
+    row("POST", "/teams/{team_id}/withdraw", STUDENTS),
+    row("POST", "/teams/{team_id}/endorse", FACULTY),
+    row("POST", "/teams/{team_id}/approve-company", COMPANY),
+    row("POST", "/teams/{team_id}/approve-advisor", FACULTY),
+    row("POST", "/teams/{team_id}/decline", DECIDERS),
+    row("GET", "/projects/{team_id}", SPACE_VIEWERS),
+    row("POST", "/projects/{team_id}/messages", PARTICIPANTS),
+    row("POST", "/projects/{team_id}/milestones", PARTICIPANTS),
+    row(
+        "POST",
+        "/projects/{team_id}/milestones/{milestone_id}/status",
+        PARTICIPANTS,
+    ),
+    row("POST", "/projects/{team_id}/files", PARTICIPANTS),
+    row("GET", "/projects/{team_id}/files/{file_id}", SPACE_VIEWERS),
 ];
 
 const API: &[Row] = &[
@@ -203,6 +237,8 @@ const API: &[Row] = &[
 
 struct World {
     course_a: String,
+    posting_id: String,
+    team_id: String,
     job_id: String,
     company_slug: String,
     bystander_id: String,
@@ -314,6 +350,8 @@ async fn world(app: &TestApp) -> World {
     .unwrap()
     .unwrap();
 
+    let (posting_id, team_id) = joint_project(app, &uni.id, &company.id, &id).await;
+
     let mut browsers = vec![(Anonymous, app.browser())];
     let mut tokens = vec![(Anonymous, None)];
     for (who, email) in &emails {
@@ -335,6 +373,8 @@ async fn world(app: &TestApp) -> World {
     }
     World {
         course_a,
+        posting_id,
+        team_id,
         job_id,
         company_slug: company.slug,
         bystander_id: bystander.id,
@@ -342,6 +382,77 @@ async fn world(app: &TestApp) -> World {
         tokens,
         emails,
     }
+}
+
+/// An open joint project of `uni` by `company`, and a formed team on it:
+/// Student leads, the TA is a member, the company member approved it and
+/// the instructor advises it.
+async fn joint_project(
+    app: &TestApp,
+    uni: &str,
+    company: &str,
+    id: &impl Fn(Who) -> String,
+) -> (String, String) {
+    use sanhak::db::{postings, projects};
+    use sanhak::domain::{PostingKind, PostingState};
+    let fields = postings::PostingFields {
+        title: "Matrix project".into(),
+        ..postings::PostingFields::default()
+    };
+    let posting = postings::create(
+        &app.db,
+        PostingKind::Project,
+        company,
+        uni,
+        &fields,
+        &id(Company),
+    )
+    .await
+    .unwrap();
+    for (from, to) in [
+        (PostingState::Draft, PostingState::Submitted),
+        (PostingState::Submitted, PostingState::Approved),
+        (PostingState::Approved, PostingState::Open),
+    ] {
+        assert!(
+            postings::transition(&app.db, &posting, &[from], to, &id(Admin), "")
+                .await
+                .unwrap()
+        );
+    }
+    let team = projects::express_interest(
+        &app.db,
+        &projects::NewTeam {
+            posting_id: &posting,
+            lead_id: &id(Student),
+            name: "Matrix team",
+            statement: "We can.",
+            member_ids: &[id(Ta)],
+            nda_ack: false,
+        },
+    )
+    .await
+    .unwrap();
+    projects::answer_invitation(&app.db, &team, &id(Ta), true, false)
+        .await
+        .unwrap();
+    projects::approve(
+        &app.db,
+        &team,
+        projects::TeamAction::ApproveCompany,
+        &id(Company),
+    )
+    .await
+    .unwrap();
+    projects::approve(
+        &app.db,
+        &team,
+        projects::TeamAction::ApproveAdvisor,
+        &id(Instructor),
+    )
+    .await
+    .unwrap();
+    (posting, team)
 }
 
 const LAB: &str = "fashion-transfer";
@@ -358,6 +469,10 @@ fn concrete(path: &str, w: &World) -> String {
         .replace("{token_id}", "no-such-token")
         .replace("{regrade_id}", "no-such-regrade")
         .replace("{*path}", "style.css")
+        .replace("{posting_id}", &w.posting_id)
+        .replace("{team_id}", &w.team_id)
+        .replace("{milestone_id}", "no-such-milestone")
+        .replace("{file_id}", "no-such-file")
 }
 
 /// Harmless bodies: they exercise the handler without changing what later rows rely on.

@@ -12,6 +12,7 @@ pub mod labs;
 pub mod notifications;
 pub mod orgs;
 pub mod postings;
+pub mod projects;
 pub mod publish;
 pub mod regrades;
 pub mod runners;

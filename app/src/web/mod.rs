@@ -14,6 +14,7 @@ pub mod markdown;
 pub mod metrics;
 pub mod ops;
 pub mod orgs;
+pub mod projects;
 pub mod publish;
 pub mod regrades;
 pub mod settings;
@@ -136,6 +137,49 @@ fn pages() -> Router<AppState> {
                 )),
         )
         .route("/labs/{lab_id}/preview", get(publish::preview))
+        // joint projects
+        .route(
+            "/postings/{posting_id}/interest",
+            get(projects::interest).post(projects::express_interest),
+        )
+        .route("/postings/{posting_id}/teams", get(projects::teams))
+        .route("/teams/{team_id}/accept", post(projects::accept_invitation))
+        .route(
+            "/teams/{team_id}/decline-invitation",
+            post(projects::decline_invitation),
+        )
+        .route("/teams/{team_id}/withdraw", post(projects::withdraw))
+        .route("/teams/{team_id}/endorse", post(projects::endorse))
+        .route(
+            "/teams/{team_id}/approve-company",
+            post(projects::approve_company),
+        )
+        .route(
+            "/teams/{team_id}/approve-advisor",
+            post(projects::approve_advisor),
+        )
+        .route("/teams/{team_id}/decline", post(projects::decline))
+        .route("/projects/{team_id}", get(projects::space))
+        .route("/projects/{team_id}/messages", post(projects::post_message))
+        .route(
+            "/projects/{team_id}/milestones",
+            post(projects::add_milestone),
+        )
+        .route(
+            "/projects/{team_id}/milestones/{milestone_id}/status",
+            post(projects::set_milestone_status),
+        )
+        .route(
+            "/projects/{team_id}/files",
+            post(projects::upload_file).layer(DefaultBodyLimit::max(
+                crate::files::MAX_PROJECT_FILE_BYTES + 1024 * 1024,
+            )),
+        )
+        .route(
+            "/projects/{team_id}/files/{file_id}",
+            get(projects::download_file),
+        )
+        // end of joint projects
         .route("/orgs/{slug}", get(orgs::show))
         .route("/orgs/{slug}/members", post(orgs::add_member))
         .route(
