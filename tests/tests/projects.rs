@@ -649,6 +649,25 @@ both_backends!(every_move_of_the_state_machine, |app: TestApp| async move {
         StatusCode::SEE_OTHER,
         "the mentor approves for the company"
     );
+
+    // A declined team sees why, and is told.
+    let (lead, team_id) = lone_team(&app, &w, "nope@proj-univ.ac.kr").await;
+    let r = w
+        .prof
+        .b
+        .post_form(
+            &format!("/teams/{team_id}/decline"),
+            &[("reason", "Scope too small for one")],
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let (_, html) = lead
+        .b
+        .get_text(&format!("/postings/{}/interest", w.posting_id))
+        .await;
+    assert!(html.contains("Declined: Scope too small for one"), "{html}");
+    let n = notifications_of(&app.db, &lead.id).await;
+    assert!(n.iter().any(|(m, _)| m.contains("was declined")), "{n:?}");
 });
 
 both_backends!(
@@ -1168,7 +1187,7 @@ both_backends!(
             &app.db,
             &w.posting_id,
             &lead.id,
-            &[member.id.clone()],
+            std::slice::from_ref(&member.id),
             &w.prof.id,
             &w.company.id,
         )
@@ -1178,7 +1197,7 @@ both_backends!(
             &app.db,
             &w.posting_id,
             &lead.id,
-            &[member.id.clone()],
+            std::slice::from_ref(&member.id),
             &w.prof.id,
             &w.company.id,
         )

@@ -216,6 +216,7 @@ pub struct Endorsement {
 
 #[derive(Clone, Debug, FromRow)]
 pub struct TeamEvent {
+    pub team_id: String,
     pub from_state: Option<TeamState>,
     pub to_state: TeamState,
     pub by_name: Option<String>,
@@ -425,11 +426,24 @@ pub async fn endorsements(db: &Db, team_id: &str) -> sqlx::Result<Vec<Endorsemen
 #[tracing::instrument(skip_all)]
 pub async fn events(db: &Db, team_id: &str) -> sqlx::Result<Vec<TeamEvent>> {
     sqlx::query_as(
-        "SELECT e.from_state, e.to_state, u.display_name AS by_name, e.comment, e.at \
+        "SELECT e.team_id, e.from_state, e.to_state, u.display_name AS by_name, e.comment, e.at \
          FROM project_team_events e LEFT JOIN users u ON u.id = e.by_user \
          WHERE e.team_id = $1 ORDER BY e.at, e.id",
     )
     .bind(team_id)
+    .fetch_all(&db.pool)
+    .await
+}
+
+/// The history of every team of a posting (group it by `team_id`).
+#[tracing::instrument(skip_all)]
+pub async fn events_of_posting(db: &Db, posting_id: &str) -> sqlx::Result<Vec<TeamEvent>> {
+    sqlx::query_as(
+        "SELECT e.team_id, e.from_state, e.to_state, u.display_name AS by_name, e.comment, e.at \
+         FROM project_team_events e JOIN project_teams t ON t.id = e.team_id \
+         LEFT JOIN users u ON u.id = e.by_user WHERE t.posting_id = $1 ORDER BY e.at, e.id",
+    )
+    .bind(posting_id)
     .fetch_all(&db.pool)
     .await
 }
@@ -449,6 +463,7 @@ pub struct NewTeam<'a> {
     pub nda_ack: bool,
 }
 
+#[derive(FromRow)]
 struct PostingFacts {
     kind: String,
     state: String,
@@ -462,27 +477,14 @@ struct PostingFacts {
 }
 
 async fn posting_facts(conn: &mut AnyConnection, posting_id: &str) -> Result<PostingFacts> {
-    let row: Option<(String, String, Option<i64>, Option<i64>, i64, String, String, Option<String>, String)> =
-        sqlx::query_as(
-            "SELECT kind, state, apply_by, team_size, nda_required, university_id, org_id, mentor_id, title \
-             FROM postings WHERE id = $1",
-        )
-        .bind(posting_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    let (kind, state, apply_by, team_size, nda_required, university_id, org_id, mentor_id, title) =
-        row.ok_or(ProjectError::Refused("posting_not_project"))?;
-    Ok(PostingFacts {
-        kind,
-        state,
-        apply_by,
-        team_size,
-        nda_required,
-        university_id,
-        org_id,
-        mentor_id,
-        title,
-    })
+    sqlx::query_as(
+        "SELECT kind, state, apply_by, team_size, nda_required, university_id, org_id, mentor_id, \
+         title FROM postings WHERE id = $1",
+    )
+    .bind(posting_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or(ProjectError::Refused("posting_not_project"))
 }
 
 /// The largest team the posting allows (lead included).

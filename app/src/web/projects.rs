@@ -34,7 +34,7 @@ use crate::auth::CurrentUser;
 use crate::db::postings::{self, Posting};
 use crate::db::projects::{
     self as db_projects, Endorsement, Message, Milestone, MilestoneStatus, NewTeam, ProjectError,
-    ProjectFile, Team, TeamAction, TeamMember, TeamState,
+    ProjectFile, Team, TeamAction, TeamEvent, TeamMember, TeamState,
 };
 use crate::db::users::User;
 use crate::db::{orgs, users};
@@ -326,9 +326,20 @@ pub struct TeamView {
     pub statement_html: String,
     pub members: Vec<TeamMember>,
     pub endorsements: Vec<Endorsement>,
+    /// The team's history, oldest first.
+    pub events: Vec<TeamEvent>,
 }
 
 impl TeamView {
+    /// Why the team was declined, when the decider said.
+    pub fn decline_reason(&self) -> Option<&str> {
+        self.events
+            .iter()
+            .rev()
+            .find(|e| e.to_state == TeamState::Declined)
+            .map(|e| e.comment.as_str())
+            .filter(|c| !c.is_empty())
+    }
     pub fn pending_members(&self) -> usize {
         self.members
             .iter()
@@ -362,7 +373,12 @@ fn team_views(
     teams: Vec<Team>,
     members: Vec<TeamMember>,
     endorsements: Vec<Endorsement>,
+    events: Vec<TeamEvent>,
 ) -> Vec<TeamView> {
+    let mut history: HashMap<String, Vec<TeamEvent>> = HashMap::new();
+    for e in events {
+        history.entry(e.team_id.clone()).or_default().push(e);
+    }
     let mut by_team: HashMap<String, Vec<TeamMember>> = HashMap::new();
     for m in members {
         by_team.entry(m.team_id.clone()).or_default().push(m);
@@ -377,6 +393,7 @@ fn team_views(
             statement_html: markdown::render(&team.statement),
             members: by_team.remove(&team.id).unwrap_or_default(),
             endorsements: endorsed.remove(&team.id).unwrap_or_default(),
+            events: history.remove(&team.id).unwrap_or_default(),
             team,
         })
         .collect()
@@ -457,7 +474,8 @@ async fn interest_page(
     let teams = db_projects::of_posting_for(&state.db, &posting_id, &user_id).await?;
     let members = db_projects::members_of_posting(&state.db, &posting_id).await?;
     let endorsements = db_projects::endorsements_of_posting(&state.db, &posting_id).await?;
-    let teams = team_views(teams, members, endorsements);
+    let events = db_projects::events_of_posting(&state.db, &posting_id).await?;
+    let teams = team_views(teams, members, endorsements, events);
     let on_live_team = teams.iter().any(|t| {
         !matches!(t.team.state, TeamState::Withdrawn | TeamState::Declined)
             && t.member(&user_id)
@@ -616,10 +634,11 @@ pub async fn teams(
     let teams = db_projects::of_posting(&state.db, &posting_id).await?;
     let members = db_projects::members_of_posting(&state.db, &posting_id).await?;
     let endorsements = db_projects::endorsements_of_posting(&state.db, &posting_id).await?;
+    let events = db_projects::events_of_posting(&state.db, &posting_id).await?;
     Ok(render(&TeamsPage {
         ctx,
         view: PostingView::of(access.posting),
-        teams: team_views(teams, members, endorsements),
+        teams: team_views(teams, members, endorsements, events),
         user_id: access.user.id,
         standing: access.standing,
     }))
