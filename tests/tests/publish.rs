@@ -144,18 +144,7 @@ async fn nothing_stored(app: &TestApp) {
 
 /// A multipart/form-data body with one file field `archive`.
 fn multipart(bytes: &[u8], filename: &str) -> (String, Vec<u8>) {
-    let boundary = "sanhak-test-boundary-7d3f";
-    let mut body = Vec::new();
-    body.extend_from_slice(
-        format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"archive\"; filename=\"{filename}\"\r\n\
-             Content-Type: application/octet-stream\r\n\r\n"
-        )
-        .as_bytes(),
-    );
-    body.extend_from_slice(bytes);
-    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    (format!("multipart/form-data; boundary={boundary}"), body)
+    sanhak_tests::multipart_body(&[], &[("archive", filename, bytes)])
 }
 
 both_backends!(hostile_archives_are_refused, |app: TestApp| async move {
