@@ -578,7 +578,7 @@ async fn an_internship_from_posting_to_offer() {
         "I built a Korean intent classifier in AI501.",
     )
     .await;
-    let cv = artifacts().join("cv-minji.pdf");
+    let cv = artifacts().canonicalize().unwrap().join("cv-minji.pdf");
     std::fs::write(
         &cv,
         b"%PDF-1.7\n1 0 obj << >> endobj\ntrailer << >>\n%%EOF\n",
