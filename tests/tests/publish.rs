@@ -459,7 +459,8 @@ both_backends!(
         assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
         // … and cannot take over a university's lab id.
         let r = upload_as(&eng_b, &nuri.id, &tar_gz(&lab_files("7.0.0"))).await;
-        assert_eq!(r.status(), StatusCode::CONFLICT);
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(r.text().await.unwrap().contains("is not a sponsored lab"));
         // The company path gets the same strict archive checks.
         for hostile in [
             raw_tar("../../evil.txt", tar::EntryType::Regular, b"x"),
@@ -486,7 +487,8 @@ both_backends!(
             &tar_gz(&renamed_lab("nuri-fashion", "1.0.1")),
         )
         .await;
-        assert_eq!(r.status(), StatusCode::CONFLICT);
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(r.text().await.unwrap().contains("is sponsored by nuri"));
         // The sponsor's members list and preview it; the rival does not see it.
         let (_, html) = eng_b.get_text("/labs/publish").await;
         assert!(html.contains("sponsored by nuri"));
