@@ -159,8 +159,7 @@ impl Skills {
             if s.is_empty() {
                 continue;
             }
-            if s.chars().count() > 40 || s.chars().any(|c| c.is_control() || c == '%' || c == '_')
-            {
+            if s.chars().count() > 40 || s.chars().any(|c| c.is_control() || c == '%' || c == '_') {
                 return Err("skills_invalid");
             }
             if !out.contains(&s) {

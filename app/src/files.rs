@@ -124,8 +124,8 @@ pub fn path_of(data_dir: &Path, sha256: &str) -> Option<PathBuf> {
 
 /// Writes the bytes to their content address (a no-op when already there).
 pub async fn store(data_dir: &Path, upload: &CheckedUpload) -> anyhow::Result<()> {
-    let path = path_of(data_dir, &upload.sha256)
-        .ok_or_else(|| anyhow::anyhow!("bad content hash"))?;
+    let path =
+        path_of(data_dir, &upload.sha256).ok_or_else(|| anyhow::anyhow!("bad content hash"))?;
     if tokio::fs::try_exists(&path).await? {
         return Ok(());
     }

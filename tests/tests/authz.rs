@@ -32,6 +32,9 @@ const ADMIN: &[Who] = &[Admin];
 const CREATORS: &[Who] = &[Instructor, Admin];
 const NOBODY: &[Who] = &[];
 const STUDENTS: &[Who] = &[Student];
+const PUBLISHERS: &[Who] = &[Instructor, Company, Admin];
+const POSTING_SIDE: &[Who] = &[Company, Admin];
+const APPLICATION_PARTIES: &[Who] = &[Student, Company, Admin];
 // joint projects
 const UNI_STUDENTS: &[Who] = &[Outsider, Student, Ta];
 const REVIEWERS: &[Who] = &[Instructor, Company, Admin];
@@ -166,11 +169,48 @@ const PAGES: &[Row] = &[
     row("GET", "/jobs/{job_id}", MEMBERS),
     row("GET", "/jobs/{job_id}/stream", MEMBERS),
     row("POST", "/jobs/{job_id}/cancel", MEMBERS),
-    // Publishing lab packages: instructors and site admins.
-    row("GET", "/labs/publish", CREATORS),
-    row("POST", "/labs/publish", CREATORS),
+    // Publishing lab packages: instructors and site admins, and company
+    // members (sponsored labs). Previews: instructors, admins and members of
+    // the sponsoring company (the lab here has no sponsor).
+    row("GET", "/labs/publish", PUBLISHERS),
+    row("POST", "/labs/publish", PUBLISHERS),
     row("GET", "/labs/{lab_id}/preview", CREATORS),
-    // joint projects: `{posting_id}` is an open project of the university
+    // Industry. `{posting_id}` is an open internship of the company (where
+    // the company member is a plain member) for the university's students
+    // (the instructor is a plain member of the university, not its admin);
+    // `{application_id}` is the student's application to it.
+    row("POST", "/orgs/{slug}/connections", ADMIN),
+    row("POST", "/orgs/{slug}/connections/{company_id}", ADMIN),
+    row("GET", "/orgs/{slug}/postings/new", POSTING_SIDE),
+    row("POST", "/orgs/{slug}/postings/new", POSTING_SIDE),
+    row("GET", "/postings", SIGNED_IN),
+    row("GET", "/postings/{posting_id}", SIGNED_IN),
+    row("GET", "/postings/{posting_id}/edit", POSTING_SIDE),
+    row("POST", "/postings/{posting_id}/edit", POSTING_SIDE),
+    row("POST", "/postings/{posting_id}/submit", POSTING_SIDE),
+    row("POST", "/postings/{posting_id}/approve", ADMIN),
+    row("POST", "/postings/{posting_id}/request-changes", ADMIN),
+    row("POST", "/postings/{posting_id}/open", POSTING_SIDE),
+    row("POST", "/postings/{posting_id}/apply", SIGNED_IN),
+    row("GET", "/applications", SIGNED_IN),
+    row("GET", "/applications/{application_id}", APPLICATION_PARTIES),
+    row(
+        "POST",
+        "/applications/{application_id}/move",
+        APPLICATION_PARTIES,
+    ),
+    row("POST", "/applications/{application_id}/notes", POSTING_SIDE),
+    row(
+        "GET",
+        "/applications/{application_id}/cv",
+        APPLICATION_PARTIES,
+    ),
+    row("GET", "/notifications", SIGNED_IN),
+    row("POST", "/notifications/read-all", SIGNED_IN),
+    row("POST", "/notifications/{notification_id}/open", SIGNED_IN),
+    // Last: closing changes the posting for good.
+    row("POST", "/postings/{posting_id}/close", POSTING_SIDE),
+    // joint projects: here `{posting_id}` is an open project of the university
     // (every student account studies there: Outsider, Student and the TA);
     // `{team_id}` is formed, led by Student with the TA as a member, approved
     // by the company member and advised by the instructor. Moves of a formed
@@ -237,10 +277,13 @@ const API: &[Row] = &[
 
 struct World {
     course_a: String,
-    posting_id: String,
+    project_id: String,
     team_id: String,
     job_id: String,
     company_slug: String,
+    company_id: String,
+    posting_id: String,
+    application_id: String,
     bystander_id: String,
     browsers: Vec<(Who, Browser)>,
     tokens: Vec<(Who, Option<String>)>,
@@ -350,7 +393,65 @@ async fn world(app: &TestApp) -> World {
     .unwrap()
     .unwrap();
 
-    let (posting_id, team_id) = joint_project(app, &uni.id, &company.id, &id).await;
+    // An open internship of the company for the university's students, and
+    // the student's application to it.
+    use sanhak::domain::{ConnectionState, PostingKind, PostingState};
+    sanhak::db::orgs::request_connection(&app.db, &company.id, &uni.id, "", &id(Company))
+        .await
+        .unwrap();
+    sanhak::db::orgs::decide_connection(
+        &app.db,
+        &company.id,
+        &uni.id,
+        ConnectionState::Approved,
+        &id(Admin),
+    )
+    .await
+    .unwrap();
+    let posting_id = sanhak::db::postings::create(
+        &app.db,
+        PostingKind::Internship,
+        &company.id,
+        &uni.id,
+        &sanhak::db::postings::PostingFields {
+            title: "Matrix internship".into(),
+            body: "b".into(),
+            role: "intern".into(),
+            skills: ",".into(),
+            ..Default::default()
+        },
+        &id(Company),
+    )
+    .await
+    .unwrap();
+    for (from, to) in [
+        (PostingState::Draft, PostingState::Submitted),
+        (PostingState::Submitted, PostingState::Approved),
+        (PostingState::Approved, PostingState::Open),
+    ] {
+        assert!(sanhak::db::postings::transition(
+            &app.db,
+            &posting_id,
+            &[from],
+            to,
+            &id(Admin),
+            ""
+        )
+        .await
+        .unwrap());
+    }
+    let application_id = sanhak::db::applications::apply(
+        &app.db,
+        &posting_id,
+        &id(Student),
+        "statement",
+        None,
+        || async { Ok(()) },
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let (project_id, team_id) = joint_project(app, &uni.id, &company.id, &id).await;
 
     let mut browsers = vec![(Anonymous, app.browser())];
     let mut tokens = vec![(Anonymous, None)];
@@ -373,10 +474,13 @@ async fn world(app: &TestApp) -> World {
     }
     World {
         course_a,
-        posting_id,
+        project_id,
         team_id,
         job_id,
         company_slug: company.slug,
+        company_id: company.id,
+        posting_id,
+        application_id,
         bystander_id: bystander.id,
         browsers,
         tokens,
@@ -458,18 +562,27 @@ async fn joint_project(
 const LAB: &str = "fashion-transfer";
 
 fn concrete(path: &str, w: &World) -> String {
+    // The joint-project rows name the open project, the others the internship.
+    let path = if path.ends_with("/interest") || path.ends_with("/teams") {
+        path.replace("{posting_id}", &w.project_id)
+    } else {
+        path.to_owned()
+    };
     path.replace("{course_id}", &w.course_a)
         .replace("{job_id}", &w.job_id)
         .replace("{lab_id}", LAB)
         .replace("{version}", "1.0.0")
         .replace("{sha256}", &"0".repeat(64))
         .replace("{slug}", &w.company_slug)
+        .replace("{company_id}", &w.company_id)
+        .replace("{posting_id}", &w.posting_id)
+        .replace("{application_id}", &w.application_id)
+        .replace("{notification_id}", "no-such-notification")
         .replace("{user_id}", &w.bystander_id)
         .replace("{token}", "inv_0000")
         .replace("{token_id}", "no-such-token")
         .replace("{regrade_id}", "no-such-regrade")
         .replace("{*path}", "style.css")
-        .replace("{posting_id}", &w.posting_id)
         .replace("{team_id}", &w.team_id)
         .replace("{milestone_id}", "no-such-milestone")
         .replace("{file_id}", "no-such-file")

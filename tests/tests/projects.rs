@@ -1138,24 +1138,24 @@ both_backends!(
                 b"x".to_vec(),
                 "use a plain name without folders",
             ),
-            ("huge.pdf", too_big, "larger than the limit"),
+            ("huge.pdf", too_big, "The file is too large"),
             (
                 "invoice.pdf",
                 b"MZ\x90\x00\x03 this is an executable".to_vec(),
-                "does not match its extension",
+                "do not match its type",
             ),
             (
                 "photo.png",
                 b"%PDF-1.7 not a png".to_vec(),
-                "does not match its extension",
+                "do not match its type",
             ),
             (
                 "notes.txt",
                 vec![0xff, 0xfe, 0x00, 0x41],
-                "does not match its extension",
+                "do not match its type",
             ),
-            ("run.exe", b"MZ".to_vec(), "not allowed here"),
-            ("empty.txt", Vec::new(), "Choose a file"),
+            ("run.exe", b"MZ".to_vec(), "not accepted"),
+            ("empty.txt", Vec::new(), "The file is empty"),
         ];
         for (name, bytes, message) in cases {
             let r = upload(&lead.b, &team_id, &bytes, name).await;
@@ -1211,5 +1211,28 @@ both_backends!(
         let (status, html) = member.b.get_text(&format!("/projects/{id}")).await;
         assert_eq!(status, StatusCode::OK);
         assert!(html.contains("Welcome aboard"));
+    }
+);
+
+both_backends!(
+    sanhak_demo_seeds_a_formed_team_on_its_joint_project,
+    |app: TestApp| async move {
+        sanhak::demo::seed(&app.db).await.unwrap();
+        sanhak::demo::seed(&app.db).await.unwrap();
+        let teams: Vec<(String, String)> = sqlx::query_as("SELECT id, state FROM project_teams")
+            .fetch_all(&app.db.pool)
+            .await
+            .unwrap();
+        assert_eq!(teams.len(), 1, "seeding twice makes one team");
+        assert_eq!(teams[0].1, "formed");
+        let minji = app.browser();
+        let r = minji
+            .login("minji@students.hanbit.ac.kr", sanhak::demo::DEMO_PASSWORD)
+            .await;
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        let (status, html) = minji.get_text(&format!("/projects/{}", teams[0].0)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(html.contains("Intent classifier"), "{html}");
+        assert!(html.contains("id=\"nda-notice\""));
     }
 );

@@ -25,7 +25,8 @@ pub struct Application {
     pub updated_at: i64,
 }
 
-const SELECT: &str = "SELECT a.id, a.posting_id, p.title AS posting_title, p.kind AS posting_kind, \
+const SELECT: &str =
+    "SELECT a.id, a.posting_id, p.title AS posting_title, p.kind AS posting_kind, \
      p.org_id AS posting_org_id, o.name AS posting_org_name, a.applicant_id, \
      u.display_name AS applicant_name, u.email AS applicant_email, a.statement, a.cv_file_id, \
      f.name AS cv_name, a.state, a.created_at, a.updated_at FROM applications a \

@@ -16,7 +16,12 @@ pub struct Notification {
 /// Notifies each user once (duplicates in `user_ids` are skipped); `link`
 /// must be a local path.
 #[tracing::instrument(skip_all)]
-pub async fn notify<'e, E>(exec: E, user_ids: &[String], message: &str, link: &str) -> sqlx::Result<()>
+pub async fn notify<'e, E>(
+    exec: E,
+    user_ids: &[String],
+    message: &str,
+    link: &str,
+) -> sqlx::Result<()>
 where
     E: sqlx::Acquire<'e, Database = sqlx::Any>,
 {

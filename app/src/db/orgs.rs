@@ -179,7 +179,8 @@ pub struct Connection {
     pub decided_at: Option<i64>,
 }
 
-const CONNECTION_SELECT: &str = "SELECT c.company_id, co.name AS company_name, co.slug AS company_slug, \
+const CONNECTION_SELECT: &str =
+    "SELECT c.company_id, co.name AS company_name, co.slug AS company_slug, \
      c.university_id, u.name AS university_name, u.slug AS university_slug, c.state, c.message, \
      c.requested_at, c.decided_at FROM org_connections c \
      JOIN organisations co ON co.id = c.company_id JOIN organisations u ON u.id = c.university_id";

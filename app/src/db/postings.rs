@@ -205,13 +205,14 @@ pub async fn transition(
     let Some(current) = current.filter(|s| from.contains(s)) else {
         return Ok(false);
     };
-    let r = sqlx::query("UPDATE postings SET state = $1, updated_at = $2 WHERE id = $3 AND state = $4")
-        .bind(to.as_str())
-        .bind(now())
-        .bind(id)
-        .bind(current.as_str())
-        .execute(&mut *tx)
-        .await?;
+    let r =
+        sqlx::query("UPDATE postings SET state = $1, updated_at = $2 WHERE id = $3 AND state = $4")
+            .bind(to.as_str())
+            .bind(now())
+            .bind(id)
+            .bind(current.as_str())
+            .execute(&mut *tx)
+            .await?;
     if r.rows_affected() != 1 {
         return Ok(false);
     }
@@ -322,7 +323,7 @@ pub struct Viewer<'a> {
 pub async fn search(db: &Db, viewer: &Viewer<'_>, filter: &Filter) -> sqlx::Result<Vec<Posting>> {
     let mut sql = format!("{SELECT} WHERE p.state = 'open'");
     let mut args: Vec<String> = Vec::new();
-    let mut arg = |v: String, args: &mut Vec<String>| {
+    let arg = |v: String, args: &mut Vec<String>| {
         args.push(v);
         format!("${}", args.len())
     };

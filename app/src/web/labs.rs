@@ -362,6 +362,8 @@ pub struct LabPage {
     pub history: Vec<HistoryRow>,
     /// Whether submitting is possible now (and why not).
     pub closed: Option<String>,
+    /// The sponsoring company of a company-sponsored lab: (name, slug).
+    pub sponsor: Option<(String, String)>,
 }
 
 impl LabPage {
@@ -438,6 +440,7 @@ async fn lab_page(
         std::fs::read_to_string(entry.lab.dir().join("README.md")).unwrap_or_default()
     });
     let rows = submissions::of_student(&state.db, &offered.course_id, &lab.id, &user.id).await?;
+    let sponsor = crate::db::publish::sponsor_of(&state.db, &lab.id, &entry.package.hash).await?;
     let extended = due != offered.settings.due_at;
     let now = crate::db::now();
     let attempts: Vec<_> = rows.iter().map(AttemptRow::attempt).collect();
@@ -532,6 +535,7 @@ async fn lab_page(
         form_error,
         history,
         closed,
+        sponsor,
     })
 }
 
@@ -1161,7 +1165,17 @@ pub async fn course_lab_rows(
 }
 
 /// Catalog labs not yet in the course (for the instructor's "add a lab").
-pub fn addable_labs(state: &AppState, rows: &[CourseLabRow]) -> Vec<CatalogChoice> {
+pub async fn addable_labs(
+    state: &AppState,
+    rows: &[CourseLabRow],
+) -> AppResult<Vec<CatalogChoice>> {
+    // Company-sponsored labs are credited in the list: adopting one is
+    // adding it to the course.
+    let sponsored: HashMap<String, String> = crate::db::publish::live(&state.db)
+        .await?
+        .into_iter()
+        .filter_map(|v| v.sponsor_name.map(|s| (v.lab_id, s)))
+        .collect();
     let mut v: Vec<CatalogChoice> = state
         .queue
         .catalog
@@ -1169,11 +1183,14 @@ pub fn addable_labs(state: &AppState, rows: &[CourseLabRow]) -> Vec<CatalogChoic
         .filter(|e| !rows.iter().any(|r| r.id == e.lab.manifest.id))
         .map(|e| CatalogChoice {
             id: e.lab.manifest.id.clone(),
-            title: e.lab.manifest.title.clone(),
+            title: match sponsored.get(&e.lab.manifest.id) {
+                Some(s) => format!("{} (sponsored by {s})", e.lab.manifest.title),
+                None => e.lab.manifest.title.clone(),
+            },
         })
         .collect();
     v.sort_by(|a, b| a.title.cmp(&b.title));
-    v
+    Ok(v)
 }
 
 /// Names of users for pages that list them.
