@@ -451,4 +451,36 @@ mod tests {
         assert_eq!(CourseRole::parse("ta"), Some(CourseRole::Ta));
         assert_eq!(CourseRole::parse("owner"), None);
     }
+
+    #[test]
+    fn skills_are_normalised_for_search() {
+        let s = Skills::parse(" NLP, candle ,nlp,\nRust ").unwrap();
+        assert_eq!(s.stored(), ",nlp,candle,rust,");
+        assert_eq!(Skills::from_stored(&s.stored()), s);
+        assert_eq!(Skills::parse("").unwrap().stored(), ",,");
+        // LIKE wildcards and overlong or too many skills are refused.
+        assert_eq!(Skills::parse("c%"), Err("skills_invalid"));
+        assert_eq!(Skills::parse("a_b"), Err("skills_invalid"));
+        assert_eq!(Skills::parse(&"x".repeat(41)), Err("skills_invalid"));
+        let many: Vec<String> = (0..21).map(|i| format!("s{i}")).collect();
+        assert_eq!(Skills::parse(&many.join(",")), Err("skills_invalid"));
+    }
+
+    #[test]
+    fn dates_and_application_moves() {
+        assert_eq!(parse_date(" 2027-03-02 "), Ok(Some("2027-03-02".into())));
+        assert_eq!(parse_date(""), Ok(None));
+        assert_eq!(parse_date("2027-02-30"), Err("date_invalid"));
+        assert_eq!(parse_date("02/03/2027"), Err("date_invalid"));
+        use ApplicationState::*;
+        // Only the applicant ends an offer; only the posting side advances.
+        assert!(Offer.applicant_moves().contains(&Accepted));
+        assert!(!Offer.reviewer_moves().contains(&Accepted));
+        assert!(!Applied.applicant_moves().contains(&UnderReview));
+        for s in ApplicationState::ALL {
+            if s.is_final() {
+                assert!(s.applicant_moves().is_empty() && s.reviewer_moves().is_empty());
+            }
+        }
+    }
 }
