@@ -133,6 +133,7 @@ pub async fn seed(db: &Db) -> anyhow::Result<Seeded> {
     for student in people.iter().filter(|u| u.kind == UserKind::Student) {
         courses::enroll(db, &course_id, &student.id, CourseRole::Student).await?;
     }
+    crate::db::vouchers::seed_demo(db, &course_id, &people[0].id).await?;
     let course = courses::by_id(db, &course_id)
         .await?
         .ok_or_else(|| anyhow::anyhow!("demo course vanished"))?;
