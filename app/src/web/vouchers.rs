@@ -43,13 +43,9 @@ pub fn amount(ms: i64) -> String {
     let sign = if ms < 0 { "−" } else { "" };
     let a = ms.unsigned_abs();
     if a >= MS_PER_HOUR as u64 / 10 {
-        let h = a as f64 / MS_PER_HOUR as f64;
-        let h = (h * 1000.0).round() / 1000.0;
-        format!(
-            "{sign}{} GPU-hour{}",
-            fmt_num(h),
-            if h == 1.0 { "" } else { "s" }
-        )
+        let h = format!("{:.3}", a as f64 / MS_PER_HOUR as f64);
+        let h = h.trim_end_matches('0').trim_end_matches('.');
+        format!("{sign}{h} GPU-hour{}", if h == "1" { "" } else { "s" })
     } else {
         format!("{sign}{} GPU-s", fmt_num(a as f64 / 1000.0))
     }
@@ -200,17 +196,19 @@ fn forecast(rows: &[LedgerRow], valid: &[&Voucher], available_ms: i64, now: i64)
         .sum();
     let per_day = recent as f64 / days;
     let end_text = date(end - 1);
+    let over = match days.round() as i64 {
+        1 => "day".to_owned(),
+        n => format!("{n} days"),
+    };
     if per_day <= 0.0 {
         return format!(
-            "Nothing was used in the last {} days; at that rate all {} will be left when the vouchers end on {end_text}.",
-            fmt_num(days.round()),
+            "Nothing was used in the last {over}; at that rate all {} will be left when the vouchers end on {end_text}.",
             amount(available_ms)
         );
     }
     let rate = format!(
-        "At the current rate ({} a day over the last {} days)",
+        "At the current rate ({} a day over the last {over})",
         amount(per_day.round() as i64),
-        fmt_num(days.round())
     );
     let runs_out = now + (available_ms as f64 / per_day * DAY as f64) as i64;
     if runs_out < end {
