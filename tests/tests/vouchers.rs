@@ -730,9 +730,21 @@ both!(
     }
 );
 
+/// A ledger row: id, voucher, kind, amount, job, measured, note, time.
+type LedgerTuple = (
+    String,
+    String,
+    String,
+    i64,
+    Option<String>,
+    Option<i64>,
+    String,
+    i64,
+);
+
 /// Every ledger row, in order, as text.
 async fn ledger_snapshot(db: &Db) -> Vec<String> {
-    let rows: Vec<(String, String, String, i64, Option<String>, Option<i64>, String, i64)> =
+    let rows: Vec<LedgerTuple> =
         sqlx::query_as(
             "SELECT id, voucher_id, kind, amount_ms, job_id, measured_ms, note, at FROM voucher_ledger \
              ORDER BY id",

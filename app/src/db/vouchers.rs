@@ -526,7 +526,7 @@ async fn course_budget_in(
 /// The budget a course's new jobs would run under now (for pages).
 pub async fn course_budget(db: &Db, course_id: &str) -> sqlx::Result<CourseBudget> {
     let mut conn = db.pool.acquire().await?;
-    course_budget_in(&mut *conn, course_id, now()).await
+    course_budget_in(&mut conn, course_id, now()).await
 }
 
 /// The most a job may use, in milli-GPU-seconds: its wall time on each of
@@ -598,11 +598,10 @@ pub async fn hold(
         return Ok(Ok(0));
     }
     let course = Scope::course(job.course_id);
-    let org = Scope::org(&university_of(&mut **tx, job.course_id).await?);
+    let org = Scope::org(&university_of(tx, job.course_id).await?);
     lock_budgets(tx, backend, &[&course, &org]).await?;
     let t = now();
-    let CourseBudget::Metered { vouchers, .. } =
-        course_budget_in(&mut **tx, job.course_id, t).await?
+    let CourseBudget::Metered { vouchers, .. } = course_budget_in(tx, job.course_id, t).await?
     else {
         return Ok(Ok(0));
     };
