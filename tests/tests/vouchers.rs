@@ -703,6 +703,11 @@ both!(
         finish(&app, &w, 30.0, 0.0).await;
         assert_eq!(balance(&app.db, &pool).await, MS_PER_HOUR - 30_000);
         assert_eq!(rows_of_job(&app.db, &job).await.len(), 3);
+        let (_, html) = a
+            .get_text(&format!("/courses/{}/labs/{LAB}", w.course))
+            .await;
+        let line = element_text(&html, "gpu-budget");
+        assert!(line.contains("left in your university"), "{line}");
         // Its org admin sees the use by course; a plain member may not look.
         let (head, head_b) = app.logged_in("head@gpu.ac.kr", UserKind::Instructor).await;
         orgs_member(&app, &w.uni_id, &head.id, OrgRole::Admin).await;

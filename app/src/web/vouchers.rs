@@ -896,7 +896,12 @@ pub async fn lab_budget(
 ) -> AppResult<LabBudget> {
     use crate::coursework::Refusal;
     let budget = vouchers::course_budget(&state.db, course_id).await?;
-    let CourseBudget::Metered { available_ms, .. } = budget else {
+    let CourseBudget::Metered {
+        available_ms,
+        scope,
+        ..
+    } = budget
+    else {
         return Ok(LabBudget {
             text: "Not metered: this course has no GPU voucher.".into(),
             refusal: None,
@@ -907,7 +912,11 @@ pub async fn lab_budget(
     } else {
         " Runs of this lab are not charged.".into()
     };
-    let mut text = format!("{} left in the course's budget.", amount(available_ms));
+    let whose = match scope {
+        Some(s) if s.kind == ScopeKind::Org => "your university's",
+        _ => "the course's",
+    };
+    let mut text = format!("{} left in {whose} budget.", amount(available_ms));
     let mut refusal = (available_ms == 0 && bound_ms > 0).then_some(Refusal::BudgetExhausted);
     if !staff {
         if let Some(cap) = vouchers::student_cap(&state.db, course_id).await? {
