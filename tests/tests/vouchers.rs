@@ -921,3 +921,44 @@ both!(
         );
     }
 );
+
+both!(
+    holds_of_jobs_ended_elsewhere_are_settled_by_the_sweep,
+    |app: TestApp| async move {
+        let w = world(&app).await;
+        let v = grant(
+            &app,
+            &Scope::course(&w.course),
+            MS_PER_HOUR,
+            now() - 60,
+            now() + 86_400,
+        )
+        .await;
+        let (_, a) = student(&app, &w.course, "a@gpu.ac.kr").await;
+        let (_, b) = student(&app, &w.course, "b@gpu.ac.kr").await;
+        // Two jobs end outside the report path (a discarded regrade and a
+        // job the reaper gave up on end this way): one measured 10 CPU-seconds.
+        let ended = job_of(&submit(&a, &w.course).await);
+        let other = job_of(&submit(&b, &w.course).await);
+        sqlx::query("UPDATE jobs SET state = 'not_gradable', cpu_seconds = 10 WHERE id = $1")
+            .bind(&ended)
+            .execute(&app.db.pool)
+            .await
+            .unwrap();
+        let settled = vouchers::settle_finished(&app.db, 1.0).await.unwrap();
+        // The reaper may have swept it first; either way it is settled once.
+        assert!(settled <= 1);
+        assert_eq!(vouchers::settle_finished(&app.db, 1.0).await.unwrap(), 0);
+        assert_eq!(
+            rows_of_job(&app.db, &ended).await,
+            [
+                ("hold".into(), -RUN_HOLD),
+                ("release".into(), RUN_HOLD),
+                ("charge".into(), -10_000)
+            ]
+        );
+        // The running one keeps its hold.
+        assert_eq!(rows_of_job(&app.db, &other).await.len(), 1);
+        assert_eq!(balance(&app.db, &v).await, MS_PER_HOUR - 10_000 - RUN_HOLD);
+    }
+);
