@@ -133,6 +133,7 @@ pub async fn seed(db: &Db) -> anyhow::Result<Seeded> {
     for student in people.iter().filter(|u| u.kind == UserKind::Student) {
         courses::enroll(db, &course_id, &student.id, CourseRole::Student).await?;
     }
+    seed_industry(db, &university, &company, instructor, &people[5]).await?;
     crate::db::vouchers::seed_demo(db, &course_id, &people[0].id).await?;
     let course = courses::by_id(db, &course_id)
         .await?
@@ -160,6 +161,155 @@ pub async fn offer_labs(db: &Db, course_id: &str, lab_ids: &[String]) -> anyhow:
         if crate::db::labs::get(db, course_id, id).await?.is_none() {
             crate::db::labs::put(db, course_id, id, &settings).await?;
         }
+    }
+    Ok(())
+}
+
+/// The demo's industry side: Nuri AI approved to post to Hanbit's students,
+/// and three open postings that went through approval: a joint project, an
+/// internship (student → company) and a visiting-engineer position
+/// (company → university).
+async fn seed_industry(
+    db: &Db,
+    university: &orgs::Org,
+    company: &orgs::Org,
+    university_admin: &User,
+    company_admin: &User,
+) -> anyhow::Result<()> {
+    use crate::db::postings::{self, PostingFields};
+    use crate::domain::{ConnectionState, PostingKind, PostingState, Skills};
+
+    if orgs::connection_state(db, &company.id, &university.id).await?
+        != Some(ConnectionState::Approved)
+    {
+        orgs::request_connection(
+            db,
+            &company.id,
+            &university.id,
+            "We co-teach AI501 and would like to offer projects and internships.",
+            &company_admin.id,
+        )
+        .await?;
+        orgs::decide_connection(
+            db,
+            &company.id,
+            &university.id,
+            ConnectionState::Approved,
+            &university_admin.id,
+        )
+        .await?;
+    }
+    let skills = |s: &str| {
+        Skills::parse(s)
+            .map(|k| k.stored())
+            .map_err(anyhow::Error::msg)
+    };
+    let postings_to_seed = [
+        (
+            PostingKind::Project,
+            company,
+            PostingFields {
+                title: "Intent classifier for Korean customer-support chats".into(),
+                body: "Nuri AI receives thousands of support chats a day. Build a small, fast \
+                       classifier that routes each chat to one of 12 intents, fine-tuned from a \
+                       small multilingual encoder, and measure it against our current rules.\n\n\
+                       **Deliverables:** a training recipe, an evaluation report, a demo."
+                    .into(),
+                requirements:
+                    "- Completed a machine-learning course\n- Comfortable with Rust or Python"
+                        .into(),
+                skills: skills("nlp, fine-tuning, evaluation")?,
+                location: "Seoul (Pangyo)".into(),
+                remote: true,
+                starts_on: Some("2027-03-02".into()),
+                ends_on: Some("2027-06-18".into()),
+                compensation: "Monthly research stipend for each team member".into(),
+                apply_by: Some(crate::db::now() + 30 * 86_400),
+                dataset: "120,000 anonymised chat turns with intent labels (NDA)".into(),
+                duration_weeks: Some(16),
+                team_size: Some(4),
+                mentor_id: Some(company_admin.id.clone()),
+                nda_required: true,
+                ..PostingFields::default()
+            },
+        ),
+        (
+            PostingKind::Internship,
+            company,
+            PostingFields {
+                title: "Summer ML engineering internship".into(),
+                body: "Eight weeks with Nuri AI's model team: data pipelines, fine-tuning and \
+                       evaluation of small language models in production."
+                    .into(),
+                requirements: "- Third- or fourth-year student\n- A CV (PDF)".into(),
+                skills: skills("pytorch, candle, nlp")?,
+                role: "ML engineer intern".into(),
+                location: "Seoul (Pangyo)".into(),
+                starts_on: Some("2027-07-01".into()),
+                ends_on: Some("2027-08-26".into()),
+                compensation: "2,500,000 KRW a month".into(),
+                apply_by: Some(crate::db::now() + 45 * 86_400),
+                ..PostingFields::default()
+            },
+        ),
+        (
+            PostingKind::Visiting,
+            university,
+            PostingFields {
+                title: "Visiting engineer: teach the LoRA module of AI501".into(),
+                body: "Hanbit University invites an industry engineer to teach two weeks of \
+                       AI501 (parameter-efficient fine-tuning), with one lab of their own."
+                    .into(),
+                requirements: "- Shipped a fine-tuned model to production".into(),
+                skills: skills("lora, teaching")?,
+                role: "Adjunct lecturer (two weeks)".into(),
+                location: "Hanbit University, Daejeon".into(),
+                starts_on: Some("2027-04-05".into()),
+                ends_on: Some("2027-04-16".into()),
+                compensation: "Adjunct lecture fee".into(),
+                apply_by: Some(crate::db::now() + 30 * 86_400),
+                ..PostingFields::default()
+            },
+        ),
+    ];
+    for (kind, org, fields) in postings_to_seed {
+        let existing = postings::of_org(db, &org.id).await?;
+        if existing.iter().any(|p| p.title == fields.title) {
+            continue;
+        }
+        let author = if org.id == company.id {
+            company_admin
+        } else {
+            university_admin
+        };
+        let id = postings::create(db, kind, &org.id, &university.id, &fields, &author.id).await?;
+        postings::transition(
+            db,
+            &id,
+            &[PostingState::Draft],
+            PostingState::Submitted,
+            &author.id,
+            "",
+        )
+        .await?;
+        postings::transition(
+            db,
+            &id,
+            &[PostingState::Submitted],
+            PostingState::Approved,
+            &university_admin.id,
+            "Approved for the spring term.",
+        )
+        .await?;
+        postings::transition(
+            db,
+            &id,
+            &[PostingState::Approved],
+            PostingState::Open,
+            &author.id,
+            "",
+        )
+        .await?;
     }
     Ok(())
 }

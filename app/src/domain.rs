@@ -65,6 +65,159 @@ string_enum!(
     OrgRole { Member => "member", Admin => "admin" }
 );
 
+string_enum!(
+    /// Where a company stands with a university: only `Approved` lets it post
+    /// to the university's students.
+    ConnectionState { Requested => "requested", Approved => "approved", Rejected => "rejected", Revoked => "revoked" }
+);
+string_enum!(
+    /// What a posting offers: a joint project or an internship (a company
+    /// posting to a university's students), or a visiting-engineer position (a
+    /// university posting to connected companies' members).
+    PostingKind { Project => "project", Internship => "internship", Visiting => "visiting" }
+);
+string_enum!(
+    /// A posting's life: draft → submitted → approved | changes_requested →
+    /// open → closed | expired.
+    PostingState {
+        Draft => "draft",
+        Submitted => "submitted",
+        Approved => "approved",
+        ChangesRequested => "changes_requested",
+        Open => "open",
+        Closed => "closed",
+        Expired => "expired",
+    }
+);
+string_enum!(
+    /// An application's pipeline: applied → under_review → interview → offer →
+    /// accepted | declined; withdrawn or rejected on the way.
+    ApplicationState {
+        Applied => "applied",
+        UnderReview => "under_review",
+        Interview => "interview",
+        Offer => "offer",
+        Accepted => "accepted",
+        Declined => "declined",
+        Withdrawn => "withdrawn",
+        Rejected => "rejected",
+    }
+);
+
+impl ApplicationState {
+    /// No further change is possible.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Self::Accepted | Self::Declined | Self::Withdrawn | Self::Rejected
+        )
+    }
+
+    /// Moves the posting side may make from here.
+    pub fn reviewer_moves(self) -> &'static [ApplicationState] {
+        use ApplicationState::*;
+        match self {
+            Applied => &[UnderReview, Rejected],
+            UnderReview => &[Interview, Offer, Rejected],
+            Interview => &[Offer, Rejected],
+            _ => &[],
+        }
+    }
+
+    /// Moves the applicant may make from here.
+    pub fn applicant_moves(self) -> &'static [ApplicationState] {
+        use ApplicationState::*;
+        match self {
+            Offer => &[Accepted, Declined],
+            Applied | UnderReview | Interview => &[Withdrawn],
+            _ => &[],
+        }
+    }
+}
+
+impl PostingKind {
+    /// Company postings address a university's students; visiting positions
+    /// are posted by the university itself.
+    pub fn posted_by(self) -> OrgKind {
+        match self {
+            Self::Project | Self::Internship => OrgKind::Company,
+            Self::Visiting => OrgKind::University,
+        }
+    }
+}
+
+/// A list of skills, normalised for search: lower case, trimmed, unique, at
+/// most 20 of 40 characters each, stored comma-wrapped (`,nlp,rust,`).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Skills(Vec<String>);
+
+impl Skills {
+    pub fn parse(raw: &str) -> Result<Self, MessageKey> {
+        let mut out: Vec<String> = Vec::new();
+        for part in raw.split([',', '\n']) {
+            let s = part.trim().to_lowercase();
+            if s.is_empty() {
+                continue;
+            }
+            if s.chars().count() > 40 || s.chars().any(|c| c.is_control() || c == '%' || c == '_') {
+                return Err("skills_invalid");
+            }
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        }
+        if out.len() > 20 {
+            return Err("skills_invalid");
+        }
+        Ok(Self(out))
+    }
+    pub fn from_stored(stored: &str) -> Self {
+        Self(
+            stored
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        )
+    }
+    pub fn stored(&self) -> String {
+        format!(",{},", self.0.join(","))
+    }
+    pub fn list(&self) -> &[String] {
+        &self.0
+    }
+    pub fn display(&self) -> String {
+        self.0.join(", ")
+    }
+}
+
+/// A calendar date as `YYYY-MM-DD`.
+pub fn parse_date(raw: &str) -> Result<Option<String>, MessageKey> {
+    let s = raw.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    time::Date::parse(s, format)
+        .map(|d| Some(d.to_string()))
+        .map_err(|_| "date_invalid")
+}
+
+/// Optional free text of at most `max` characters (may be empty).
+pub fn parse_optional_text(raw: &str, max: usize) -> Result<String, MessageKey> {
+    let s = raw.trim();
+    if s.chars().count() > max {
+        Err("text_too_long")
+    } else if s
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t')
+    {
+        Err("text_invalid")
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
 /// A lower-cased, syntactically plausible email address.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Email(String);

@@ -14,6 +14,7 @@ pub mod db;
 pub mod demo;
 pub mod domain;
 pub mod error;
+pub mod files;
 pub mod publish;
 pub mod queue;
 pub mod secrets;

@@ -395,6 +395,9 @@ pub enum PublishError {
         "version {version} of lab {lab_id} is already published; bump the version in lab.toml"
     )]
     VersionTaken { lab_id: String, version: String },
+    /// The lab id belongs to another sponsor (or to no sponsor).
+    #[error("lab {lab_id} {owner}; publish it under another id")]
+    NotYours { lab_id: String, owner: String },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -405,6 +408,10 @@ impl From<PublishError> for AppError {
             PublishError::Internal(e) => AppError::Internal(e),
             PublishError::VersionTaken { .. } => AppError::Refused {
                 code: "version_published",
+                message: e.to_string(),
+            },
+            PublishError::NotYours { .. } => AppError::Refused {
+                code: "lab_not_yours",
                 message: e.to_string(),
             },
             other => AppError::Unprocessable(other.to_string()),
@@ -557,15 +564,33 @@ fn store(data_dir: &Path, unpacked: &Unpacked) -> Result<PathBuf, PublishError> 
 
 /// Publishes an archive: checks it, stores it and starts its check. Returns
 /// at once with the version in `checking` (or as it was, when unchanged).
+/// `sponsor` is the company a sponsored lab is published for; a lab id keeps
+/// the sponsor (or the absence of one) of its first version.
 pub async fn publish(
     state: &AppState,
     bytes: Vec<u8>,
     source: Source,
     user_id: &str,
+    sponsor: Option<&str>,
 ) -> Result<Published, PublishError> {
     let unpacked = tokio::task::spawn_blocking(move || unpack(&bytes, &Limits::default()))
         .await
         .map_err(|e| PublishError::Internal(e.into()))??;
+    if let Some(owner) = versions::owner_of(&state.db, &unpacked.lab_id).await? {
+        if owner.as_deref() != sponsor {
+            let owner = match owner {
+                Some(org) => match crate::db::orgs::by_id(&state.db, &org).await? {
+                    Some(o) => format!("is sponsored by {}", o.name),
+                    None => "is sponsored by another company".to_owned(),
+                },
+                None => "is not a sponsored lab".to_owned(),
+            };
+            return Err(PublishError::NotYours {
+                lab_id: unpacked.lab_id,
+                owner,
+            });
+        }
+    }
     let row = versions::find(&state.db, &unpacked.lab_id, &unpacked.version).await?;
     match existing(row, &unpacked)? {
         Existing::Same(p) => return Ok(p),
@@ -590,6 +615,7 @@ pub async fn publish(
         source,
         state: VersionState::Checking,
         check_report: None,
+        sponsor_org_id: sponsor,
     };
     let id = match versions::insert(&state.db, &new).await {
         Ok(id) => id,
@@ -700,6 +726,7 @@ pub async fn load_published(state: &AppState) -> anyhow::Result<()> {
                     source: Source::Folder,
                     state: VersionState::Live,
                     check_report: None,
+                    sponsor_org_id: None,
                 };
                 match versions::insert(&state.db, &new).await {
                     Ok(_) => {}

@@ -65,6 +65,16 @@ impl Application {
                 }
             }
         });
+        let expiry_db = state.db.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                if let Err(e) = crate::db::postings::expire_due(&expiry_db).await {
+                    tracing::warn!(error = %e, "expiring postings failed");
+                }
+            }
+        });
         let reap_every =
             Duration::from_millis((state.queue.policy.lease_ms / 4).clamp(250, 5_000) as u64);
         queue::spawn_reaper(state.db.clone(), state.queue.clone(), reap_every);

@@ -317,6 +317,55 @@ pub fn invite_path(html: &str) -> String {
     format!("/invite/{token}")
 }
 
+/// A multipart/form-data body: text fields, then file fields as
+/// (field, file name, bytes). Returns the content type and the body.
+pub fn multipart_body(texts: &[(&str, &str)], files: &[(&str, &str, &[u8])]) -> (String, Vec<u8>) {
+    let boundary = "sanhak-test-boundary-7d3f";
+    let mut body = Vec::new();
+    for (name, value) in texts {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+            )
+            .as_bytes(),
+        );
+    }
+    for (name, filename, bytes) in files {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{filename}\"\r\n\
+                 Content-Type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+impl Browser {
+    /// POSTs a multipart form (the CSRF token goes in the query string).
+    pub async fn post_multipart(
+        &self,
+        path: &str,
+        texts: &[(&str, &str)],
+        files: &[(&str, &str, &[u8])],
+    ) -> Response {
+        let token = self.csrf().await;
+        let (content_type, body) = multipart_body(texts, files);
+        let sep = if path.contains('?') { '&' } else { '?' };
+        self.client
+            .post(format!("{}{}{sep}_csrf={token}", self.base, path))
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("POST multipart")
+    }
+}
+
 /// Where a redirect points.
 pub fn location(r: &Response) -> String {
     r.headers()

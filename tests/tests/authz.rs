@@ -32,6 +32,9 @@ const ADMIN: &[Who] = &[Admin];
 const CREATORS: &[Who] = &[Instructor, Admin];
 const NOBODY: &[Who] = &[];
 const STUDENTS: &[Who] = &[Student];
+const PUBLISHERS: &[Who] = &[Instructor, Company, Admin];
+const POSTING_SIDE: &[Who] = &[Company, Admin];
+const APPLICATION_PARTIES: &[Who] = &[Student, Company, Admin];
 
 struct Row {
     method: &'static str,
@@ -157,10 +160,47 @@ const PAGES: &[Row] = &[
     row("GET", "/jobs/{job_id}", MEMBERS),
     row("GET", "/jobs/{job_id}/stream", MEMBERS),
     row("POST", "/jobs/{job_id}/cancel", MEMBERS),
-    // Publishing lab packages: instructors and site admins.
-    row("GET", "/labs/publish", CREATORS),
-    row("POST", "/labs/publish", CREATORS),
+    // Publishing lab packages: instructors and site admins, and company
+    // members (sponsored labs). Previews: instructors, admins and members of
+    // the sponsoring company (the lab here has no sponsor).
+    row("GET", "/labs/publish", PUBLISHERS),
+    row("POST", "/labs/publish", PUBLISHERS),
     row("GET", "/labs/{lab_id}/preview", CREATORS),
+    // Industry. `{posting_id}` is an open internship of the company (where
+    // the company member is a plain member) for the university's students
+    // (the instructor is a plain member of the university, not its admin);
+    // `{application_id}` is the student's application to it.
+    row("POST", "/orgs/{slug}/connections", ADMIN),
+    row("POST", "/orgs/{slug}/connections/{company_id}", ADMIN),
+    row("GET", "/orgs/{slug}/postings/new", POSTING_SIDE),
+    row("POST", "/orgs/{slug}/postings/new", POSTING_SIDE),
+    row("GET", "/postings", SIGNED_IN),
+    row("GET", "/postings/{posting_id}", SIGNED_IN),
+    row("GET", "/postings/{posting_id}/edit", POSTING_SIDE),
+    row("POST", "/postings/{posting_id}/edit", POSTING_SIDE),
+    row("POST", "/postings/{posting_id}/submit", POSTING_SIDE),
+    row("POST", "/postings/{posting_id}/approve", ADMIN),
+    row("POST", "/postings/{posting_id}/request-changes", ADMIN),
+    row("POST", "/postings/{posting_id}/open", POSTING_SIDE),
+    row("POST", "/postings/{posting_id}/apply", SIGNED_IN),
+    row("GET", "/applications", SIGNED_IN),
+    row("GET", "/applications/{application_id}", APPLICATION_PARTIES),
+    row(
+        "POST",
+        "/applications/{application_id}/move",
+        APPLICATION_PARTIES,
+    ),
+    row("POST", "/applications/{application_id}/notes", POSTING_SIDE),
+    row(
+        "GET",
+        "/applications/{application_id}/cv",
+        APPLICATION_PARTIES,
+    ),
+    row("GET", "/notifications", SIGNED_IN),
+    row("POST", "/notifications/read-all", SIGNED_IN),
+    row("POST", "/notifications/{notification_id}/open", SIGNED_IN),
+    // Last: closing changes the posting for good.
+    row("POST", "/postings/{posting_id}/close", POSTING_SIDE),
     // GPU budgets: course staff see their course's, org admins their
     // organisation's (the company member is a plain member), site admins
     // every one; only site admins grant and adjust vouchers. An empty cap
@@ -223,6 +263,9 @@ struct World {
     course_a: String,
     job_id: String,
     company_slug: String,
+    company_id: String,
+    posting_id: String,
+    application_id: String,
     bystander_id: String,
     browsers: Vec<(Who, Browser)>,
     tokens: Vec<(Who, Option<String>)>,
@@ -332,6 +375,65 @@ async fn world(app: &TestApp) -> World {
     .unwrap()
     .unwrap();
 
+    // An open internship of the company for the university's students, and
+    // the student's application to it.
+    use sanhak::domain::{ConnectionState, PostingKind, PostingState};
+    sanhak::db::orgs::request_connection(&app.db, &company.id, &uni.id, "", &id(Company))
+        .await
+        .unwrap();
+    sanhak::db::orgs::decide_connection(
+        &app.db,
+        &company.id,
+        &uni.id,
+        ConnectionState::Approved,
+        &id(Admin),
+    )
+    .await
+    .unwrap();
+    let posting_id = sanhak::db::postings::create(
+        &app.db,
+        PostingKind::Internship,
+        &company.id,
+        &uni.id,
+        &sanhak::db::postings::PostingFields {
+            title: "Matrix internship".into(),
+            body: "b".into(),
+            role: "intern".into(),
+            skills: ",".into(),
+            ..Default::default()
+        },
+        &id(Company),
+    )
+    .await
+    .unwrap();
+    for (from, to) in [
+        (PostingState::Draft, PostingState::Submitted),
+        (PostingState::Submitted, PostingState::Approved),
+        (PostingState::Approved, PostingState::Open),
+    ] {
+        assert!(sanhak::db::postings::transition(
+            &app.db,
+            &posting_id,
+            &[from],
+            to,
+            &id(Admin),
+            ""
+        )
+        .await
+        .unwrap());
+    }
+    let application_id = sanhak::db::applications::apply(
+        &app.db,
+        &posting_id,
+        &id(Student),
+        "statement",
+        None,
+        || async { Ok(()) },
+    )
+    .await
+    .unwrap()
+    .unwrap();
+
     let mut browsers = vec![(Anonymous, app.browser())];
     let mut tokens = vec![(Anonymous, None)];
     for (who, email) in &emails {
@@ -355,6 +457,9 @@ async fn world(app: &TestApp) -> World {
         course_a,
         job_id,
         company_slug: company.slug,
+        company_id: company.id,
+        posting_id,
+        application_id,
         bystander_id: bystander.id,
         browsers,
         tokens,
@@ -371,6 +476,10 @@ fn concrete(path: &str, w: &World) -> String {
         .replace("{version}", "1.0.0")
         .replace("{sha256}", &"0".repeat(64))
         .replace("{slug}", &w.company_slug)
+        .replace("{company_id}", &w.company_id)
+        .replace("{posting_id}", &w.posting_id)
+        .replace("{application_id}", &w.application_id)
+        .replace("{notification_id}", "no-such-notification")
         .replace("{user_id}", &w.bystander_id)
         .replace("{token}", "inv_0000")
         .replace("{token_id}", "no-such-token")

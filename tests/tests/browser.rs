@@ -467,3 +467,150 @@ async fn students_and_instructors_in_a_real_browser() {
     c.close().await.unwrap();
     worker.abort();
 }
+
+/// Clicks the element and waits for the next page to show `then`.
+async fn click_then(c: &Client, css: &str, then: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap();
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(then))
+        .await
+        .unwrap_or_else(|e| panic!("after {css}, {then}: {e}"));
+}
+
+/// The industry flow: a company member posts an internship, a university
+/// admin approves it, a student applies with a CV, and the company moves the
+/// application to "offer".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_internship_from_posting_to_offer() {
+    use sanhak::domain::ConnectionState;
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let uni = app.create_org("hanbit", OrgKind::University).await;
+    let company = app.create_org("nuri", OrgKind::Company).await;
+    let prof = app
+        .create_user("prof@hanbit.ac.kr", UserKind::Instructor)
+        .await;
+    sanhak::db::orgs::set_member(&app.db, &uni.id, &prof.id, OrgRole::Admin)
+        .await
+        .unwrap();
+    let eng = app.create_user("eng@nuri.example", UserKind::Company).await;
+    sanhak::db::orgs::set_member(&app.db, &company.id, &eng.id, OrgRole::Admin)
+        .await
+        .unwrap();
+    let student = app
+        .create_user("minji@students.hanbit.ac.kr", UserKind::Student)
+        .await;
+    let course = sanhak::db::courses::create(
+        &app.db,
+        sanhak::db::courses::NewCourse {
+            code: &sanhak::domain::CourseCode::parse("AI501").unwrap(),
+            title: "Fine-tuning",
+            term: "2027-spring",
+            university_id: &uni.id,
+            description: "",
+            instructor_id: &prof.id,
+        },
+    )
+    .await
+    .unwrap();
+    sanhak::db::courses::enroll(&app.db, &course, &student.id, CourseRole::Student)
+        .await
+        .unwrap();
+    sanhak::db::orgs::request_connection(&app.db, &company.id, &uni.id, "", &eng.id)
+        .await
+        .unwrap();
+    sanhak::db::orgs::decide_connection(
+        &app.db,
+        &company.id,
+        &uni.id,
+        ConnectionState::Approved,
+        &prof.id,
+    )
+    .await
+    .unwrap();
+
+    let driver = start_driver();
+    let c = browser(&driver).await;
+
+    // The company member writes the internship and submits it.
+    login(&c, &app, "eng@nuri.example").await;
+    c.goto(&app.url("/orgs/nuri/postings/new?kind=internship"))
+        .await
+        .unwrap();
+    type_into(&c, "#title", "Summer ML engineering internship").await;
+    type_into(&c, "#role", "ML engineer intern").await;
+    type_into(&c, "#body", "Eight weeks with our **model team**.").await;
+    type_into(&c, "#skills", "nlp, candle").await;
+    type_into(&c, "#location", "Seoul").await;
+    click_then(&c, "#posting-form button[type=submit]", "#submit-posting").await;
+    let posting_url = c.current_url().await.unwrap().to_string();
+    click_then(&c, "#submit-posting", "p.flash").await;
+    assert_eq!(text_of(&c, "#posting-state").await, "Awaiting approval");
+    logout(&c).await;
+
+    // The university admin sees the notification and approves.
+    login(&c, &app, "prof@hanbit.ac.kr").await;
+    assert!(text_of(&c, "#nav-notifications").await.contains('1'));
+    c.goto(&posting_url).await.unwrap();
+    click_then(&c, "#approve-posting", "p.flash").await;
+    assert_eq!(text_of(&c, "#posting-state").await, "Approved");
+    logout(&c).await;
+
+    // The company opens it for applications.
+    login(&c, &app, "eng@nuri.example").await;
+    c.goto(&posting_url).await.unwrap();
+    click_then(&c, "#open-posting", "p.flash").await;
+    assert_eq!(text_of(&c, "#posting-state").await, "Open");
+    logout(&c).await;
+
+    // The student finds it, and applies with a statement and a CV.
+    login(&c, &app, "minji@students.hanbit.ac.kr").await;
+    c.goto(&app.url("/postings?skill=nlp")).await.unwrap();
+    click_then(&c, "ul.postings a[href^='/postings/']", "#apply-form").await;
+    type_into(
+        &c,
+        "#statement",
+        "I built a Korean intent classifier in AI501.",
+    )
+    .await;
+    let cv = artifacts().canonicalize().unwrap().join("cv-minji.pdf");
+    std::fs::write(
+        &cv,
+        b"%PDF-1.7\n1 0 obj << >> endobj\ntrailer << >>\n%%EOF\n",
+    )
+    .unwrap();
+    c.find(Locator::Css("#cv"))
+        .await
+        .unwrap()
+        .send_keys(cv.to_str().unwrap())
+        .await
+        .unwrap();
+    click_then(&c, "#apply-button", "#application-state").await;
+    assert_eq!(text_of(&c, "#application-state").await, "Applied");
+    logout(&c).await;
+
+    // The company reviews and makes an offer.
+    login(&c, &app, "eng@nuri.example").await;
+    c.goto(&posting_url).await.unwrap();
+    click_then(&c, "a[href^='/applications/']", "#move-under_review").await;
+    click_then(&c, "#move-under_review", "#move-interview").await;
+    click_then(&c, "#move-interview", "#move-offer").await;
+    click_then(&c, "#move-offer", "p.flash").await;
+    assert_eq!(text_of(&c, "#application-state").await, "Offer");
+    let history = text_of(&c, "#application-history").await;
+    assert!(history.contains("Interview") && history.contains("Offer"));
+    screenshot(&c, "internship-offer.png").await;
+    logout(&c).await;
+
+    // The student sees the offer in the notifications and the status.
+    login(&c, &app, "minji@students.hanbit.ac.kr").await;
+    assert!(text_of(&c, "#nav-notifications").await.contains('3'));
+    c.goto(&app.url("/applications")).await.unwrap();
+    assert!(text_of(&c, "main table").await.contains("Offer"));
+    c.close().await.unwrap();
+}

@@ -144,18 +144,7 @@ async fn nothing_stored(app: &TestApp) {
 
 /// A multipart/form-data body with one file field `archive`.
 fn multipart(bytes: &[u8], filename: &str) -> (String, Vec<u8>) {
-    let boundary = "sanhak-test-boundary-7d3f";
-    let mut body = Vec::new();
-    body.extend_from_slice(
-        format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"archive\"; filename=\"{filename}\"\r\n\
-             Content-Type: application/octet-stream\r\n\r\n"
-        )
-        .as_bytes(),
-    );
-    body.extend_from_slice(bytes);
-    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    (format!("multipart/form-data; boundary={boundary}"), body)
+    sanhak_tests::multipart_body(&[], &[("archive", filename, bytes)])
 }
 
 both_backends!(hostile_archives_are_refused, |app: TestApp| async move {
@@ -422,3 +411,149 @@ both_backends!(invalid_packages_are_refused, |app: TestApp| async move {
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     nothing_stored(&app).await;
 });
+
+/// The lab folder's files as a lab of another id.
+fn renamed_lab(id: &str, version: &str) -> Vec<(String, Vec<u8>)> {
+    let mut files = lab_files(version);
+    for (path, data) in &mut files {
+        if path == "lab.toml" {
+            *data = String::from_utf8(data.clone())
+                .unwrap()
+                .replace(&format!("id = \"{LAB}\""), &format!("id = \"{id}\""))
+                .into_bytes();
+        }
+    }
+    files
+}
+
+async fn upload_as(b: &sanhak_tests::Browser, sponsor: &str, archive: &[u8]) -> reqwest::Response {
+    b.post_multipart(
+        "/labs/publish",
+        &[("sponsor", sponsor)],
+        &[("archive", "lab.tar.gz", archive)],
+    )
+    .await
+}
+
+both_backends!(
+    company_sponsored_labs_are_credited_and_adopted,
+    |app: TestApp| async move {
+        use sanhak::domain::{CourseRole, OrgKind, OrgRole};
+        let nuri = app.create_org("nuri", OrgKind::Company).await;
+        let rival = app.create_org("rival", OrgKind::Company).await;
+        let (eng, eng_b) = app.logged_in("eng@nuri.example", UserKind::Company).await;
+        sanhak::db::orgs::set_member(&app.db, &nuri.id, &eng.id, OrgRole::Member)
+            .await
+            .unwrap();
+        let (rv, rival_b) = app.logged_in("hr@rival.example", UserKind::Company).await;
+        sanhak::db::orgs::set_member(&app.db, &rival.id, &rv.id, OrgRole::Member)
+            .await
+            .unwrap();
+
+        // A company member must publish for one of their own companies.
+        let archive = tar_gz(&renamed_lab("nuri-fashion", "1.0.0"));
+        let r = upload_as(&eng_b, "", &archive).await;
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(r.text().await.unwrap().contains("choose the company"));
+        let r = upload_as(&eng_b, &rival.id, &archive).await;
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        // … and cannot take over a university's lab id.
+        let r = upload_as(&eng_b, &nuri.id, &tar_gz(&lab_files("7.0.0"))).await;
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(r.text().await.unwrap().contains("is not a sponsored lab"));
+        // The company path gets the same strict archive checks.
+        for hostile in [
+            raw_tar("../../evil.txt", tar::EntryType::Regular, b"x"),
+            raw_tar("lab/link", tar::EntryType::Symlink, b""),
+            zeros_tar_gz("lab/bomb.bin", 50 * 1024 * 1024),
+        ] {
+            let r = upload_as(&eng_b, &nuri.id, &hostile).await;
+            assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        }
+        nothing_stored(&app).await;
+
+        // Published for Nuri: recorded with its sponsor, checked, then live.
+        let r = upload_as(&eng_b, &nuri.id, &archive).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let version = sanhak::db::publish::find(&app.db, "nuri-fashion", "1.0.0")
+            .await
+            .unwrap()
+            .expect("recorded");
+        assert_eq!(version.sponsor_org_id.as_deref(), Some(nuri.id.as_str()));
+        // Another company cannot publish versions of Nuri's lab.
+        let r = upload_as(
+            &rival_b,
+            &rival.id,
+            &tar_gz(&renamed_lab("nuri-fashion", "1.0.1")),
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(r.text().await.unwrap().contains("is sponsored by nuri"));
+        // The sponsor's members list and preview it; the rival does not see it.
+        let (_, html) = eng_b.get_text("/labs/publish").await;
+        assert!(html.contains("sponsored by nuri"));
+        let (_, html) = rival_b.get_text("/labs/publish").await;
+        assert!(!html.contains("nuri-fashion"));
+        assert_eq!(
+            rival_b
+                .get(&format!(
+                    "/labs/nuri-fashion/preview?hash={}",
+                    version.content_hash
+                ))
+                .await
+                .status(),
+            StatusCode::FORBIDDEN
+        );
+        for _ in 0..1800 {
+            let v = sanhak::db::publish::find(&app.db, "nuri-fashion", "1.0.0")
+                .await
+                .unwrap()
+                .unwrap();
+            if v.state != "checking" {
+                assert_eq!(v.state, "live", "{:?}", v.check_report);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        assert!(app.state.queue.catalog.get("nuri-fashion").is_some());
+
+        // An instructor adopts it into a course; the lab page credits Nuri.
+        let uni = app.create_org("hanbit", OrgKind::University).await;
+        let (prof, prof_b) = app.logged_in("prof@pub.ac.kr", UserKind::Instructor).await;
+        sanhak::db::orgs::set_member(&app.db, &uni.id, &prof.id, OrgRole::Member)
+            .await
+            .unwrap();
+        let course = sanhak::db::courses::create(
+            &app.db,
+            sanhak::db::courses::NewCourse {
+                code: &sanhak::domain::CourseCode::parse("AI501").unwrap(),
+                title: "Fine-tuning",
+                term: "2027-spring",
+                university_id: &uni.id,
+                description: "",
+                instructor_id: &prof.id,
+            },
+        )
+        .await
+        .unwrap();
+        let (_, html) = prof_b.get_text(&format!("/courses/{course}")).await;
+        assert!(html.contains("(sponsored by nuri)"), "credited in the list");
+        let r = prof_b
+            .post_form(
+                &format!("/courses/{course}/labs"),
+                &[("lab_id", "nuri-fashion")],
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        let (stu, stu_b) = app.logged_in("kim@pub.ac.kr", UserKind::Student).await;
+        sanhak::db::courses::enroll(&app.db, &course, &stu.id, CourseRole::Student)
+            .await
+            .unwrap();
+        let (status, html) = stu_b
+            .get_text(&format!("/courses/{course}/labs/nuri-fashion"))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(html.contains("id=\"lab-sponsor\""));
+        assert!(html.contains("Sponsored by <a href=\"/orgs/nuri\">nuri</a>"));
+    }
+);

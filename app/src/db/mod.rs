@@ -3,11 +3,15 @@
 //! module here. The few statements that must differ between the backends are
 //! chosen through [`Backend`].
 
+pub mod applications;
 pub mod courses;
+pub mod files;
 pub mod invites;
 pub mod jobs;
 pub mod labs;
+pub mod notifications;
 pub mod orgs;
+pub mod postings;
 pub mod publish;
 pub mod regrades;
 pub mod runners;

@@ -60,6 +60,10 @@ pub struct LabVersion {
     pub state: String,
     pub check_report: Option<String>,
     pub checked_at: Option<i64>,
+    /// The sponsoring company of a company-sponsored lab.
+    pub sponsor_org_id: Option<String>,
+    pub sponsor_name: Option<String>,
+    pub sponsor_slug: Option<String>,
 }
 
 impl LabVersion {
@@ -72,8 +76,10 @@ impl LabVersion {
 }
 
 const COLUMNS: &str = "v.id, v.lab_id, v.version, v.content_hash, v.title, v.published_by, \
-     u.display_name AS publisher, v.published_at, v.source, v.state, v.check_report, v.checked_at \
-     FROM lab_versions v LEFT JOIN users u ON u.id = v.published_by";
+     u.display_name AS publisher, v.published_at, v.source, v.state, v.check_report, v.checked_at, \
+     v.sponsor_org_id, o.name AS sponsor_name, o.slug AS sponsor_slug \
+     FROM lab_versions v LEFT JOIN users u ON u.id = v.published_by \
+     LEFT JOIN organisations o ON o.id = v.sponsor_org_id";
 
 /// A version to record.
 pub struct NewVersion<'a> {
@@ -85,6 +91,8 @@ pub struct NewVersion<'a> {
     pub source: Source,
     pub state: VersionState,
     pub check_report: Option<&'a str>,
+    /// The company on whose behalf it is published.
+    pub sponsor_org_id: Option<&'a str>,
 }
 
 /// Records a version; a (lab, version) already recorded is a unique violation.
@@ -95,7 +103,8 @@ pub async fn insert(db: &Db, v: &NewVersion<'_>) -> sqlx::Result<String> {
     let checked_at = (v.state != VersionState::Checking).then_some(now);
     sqlx::query(
         "INSERT INTO lab_versions (id, lab_id, version, content_hash, title, published_by, published_at, \
-         source, state, check_report, checked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+         source, state, check_report, checked_at, sponsor_org_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
     .bind(&id)
     .bind(v.lab_id)
@@ -108,6 +117,8 @@ pub async fn insert(db: &Db, v: &NewVersion<'_>) -> sqlx::Result<String> {
     .bind(v.state.as_str())
     .bind(v.check_report)
     .bind(checked_at)
+    .bind(v.sponsor_org_id)
+    .persistent(false)
     .execute(&db.pool)
     .await?;
     Ok(id)
@@ -202,6 +213,49 @@ pub async fn live(db: &Db) -> sqlx::Result<Vec<LabVersion>> {
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} WHERE v.state = 'live' ORDER BY v.published_at, v.id"
     ))
+    .fetch_all(&db.pool)
+    .await
+}
+
+/// Who owns a lab id: `None` when it has no version yet; `Some(None)` for an
+/// unsponsored lab; `Some(Some(org))` for a lab sponsored by `org` (fixed by
+/// its first version).
+#[tracing::instrument(skip_all)]
+pub async fn owner_of(db: &Db, lab_id: &str) -> sqlx::Result<Option<Option<String>>> {
+    let first: Option<(Option<String>,)> = sqlx::query_as(
+        "SELECT sponsor_org_id FROM lab_versions WHERE lab_id = $1 ORDER BY published_at, id LIMIT 1",
+    )
+    .bind(lab_id)
+    .fetch_optional(&db.pool)
+    .await?;
+    Ok(first.map(|(o,)| o))
+}
+
+/// The sponsoring company of a lab version: (name, slug).
+#[tracing::instrument(skip_all)]
+pub async fn sponsor_of(
+    db: &Db,
+    lab_id: &str,
+    hash: &str,
+) -> sqlx::Result<Option<(String, String)>> {
+    sqlx::query_as(
+        "SELECT o.name, o.slug FROM lab_versions v JOIN organisations o ON o.id = v.sponsor_org_id \
+         WHERE v.lab_id = $1 AND v.content_hash = $2 ORDER BY v.published_at DESC LIMIT 1",
+    )
+    .bind(lab_id)
+    .bind(hash)
+    .fetch_optional(&db.pool)
+    .await
+}
+
+/// Versions sponsored by one company, newest first.
+#[tracing::instrument(skip_all)]
+pub async fn of_sponsor(db: &Db, org_id: &str, limit: i64) -> sqlx::Result<Vec<LabVersion>> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} WHERE v.sponsor_org_id = $1 ORDER BY v.published_at DESC, v.id DESC LIMIT $2"
+    ))
+    .bind(org_id)
+    .bind(limit)
     .fetch_all(&db.pool)
     .await
 }

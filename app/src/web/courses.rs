@@ -252,7 +252,7 @@ pub async fn show(
     let labs =
         super::labs::course_lab_rows(&state, &access.course.id, &access.user.id, is_staff).await?;
     let addable = if is_instructor {
-        super::labs::addable_labs(&state, &labs)
+        super::labs::addable_labs(&state, &labs).await?
     } else {
         Vec::new()
     };

@@ -366,6 +366,8 @@ pub struct LabPage {
     pub gpu_budget: String,
     /// CPU labs: how their CPU-seconds are charged (empty: not at all).
     pub cpu_rate_text: String,
+    /// The sponsoring company of a company-sponsored lab: (name, slug).
+    pub sponsor: Option<(String, String)>,
 }
 
 impl LabPage {
@@ -442,6 +444,7 @@ async fn lab_page(
         std::fs::read_to_string(entry.lab.dir().join("README.md")).unwrap_or_default()
     });
     let rows = submissions::of_student(&state.db, &offered.course_id, &lab.id, &user.id).await?;
+    let sponsor = crate::db::publish::sponsor_of(&state.db, &lab.id, &entry.package.hash).await?;
     let extended = due != offered.settings.due_at;
     let now = crate::db::now();
     let attempts: Vec<_> = rows.iter().map(AttemptRow::attempt).collect();
@@ -547,6 +550,7 @@ async fn lab_page(
             r if r > 0.0 => format!("{} GPU-seconds per CPU-second", fmt_num(r)),
             _ => String::new(),
         },
+        sponsor,
     })
 }
 
@@ -1176,7 +1180,17 @@ pub async fn course_lab_rows(
 }
 
 /// Catalog labs not yet in the course (for the instructor's "add a lab").
-pub fn addable_labs(state: &AppState, rows: &[CourseLabRow]) -> Vec<CatalogChoice> {
+pub async fn addable_labs(
+    state: &AppState,
+    rows: &[CourseLabRow],
+) -> AppResult<Vec<CatalogChoice>> {
+    // Company-sponsored labs are credited in the list: adopting one is
+    // adding it to the course.
+    let sponsored: HashMap<String, String> = crate::db::publish::live(&state.db)
+        .await?
+        .into_iter()
+        .filter_map(|v| v.sponsor_name.map(|s| (v.lab_id, s)))
+        .collect();
     let mut v: Vec<CatalogChoice> = state
         .queue
         .catalog
@@ -1184,11 +1198,14 @@ pub fn addable_labs(state: &AppState, rows: &[CourseLabRow]) -> Vec<CatalogChoic
         .filter(|e| !rows.iter().any(|r| r.id == e.lab.manifest.id))
         .map(|e| CatalogChoice {
             id: e.lab.manifest.id.clone(),
-            title: e.lab.manifest.title.clone(),
+            title: match sponsored.get(&e.lab.manifest.id) {
+                Some(s) => format!("{} (sponsored by {s})", e.lab.manifest.title),
+                None => e.lab.manifest.title.clone(),
+            },
         })
         .collect();
     v.sort_by(|a, b| a.title.cmp(&b.title));
-    v
+    Ok(v)
 }
 
 /// Names of users for pages that list them.

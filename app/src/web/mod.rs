@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod api;
+pub mod applications;
 pub mod charts;
 pub mod courses;
 pub mod gradebook;
@@ -12,8 +13,10 @@ pub mod jobs;
 pub mod labs;
 pub mod markdown;
 pub mod metrics;
+pub mod notifications;
 pub mod ops;
 pub mod orgs;
+pub mod postings;
 pub mod publish;
 pub mod regrades;
 pub mod settings;
@@ -144,6 +147,53 @@ fn pages() -> Router<AppState> {
             post(orgs::remove_member),
         )
         .route("/orgs/{slug}/invitations", post(orgs::invite))
+        // industry: connections, postings, applications, notifications
+        .route("/orgs/{slug}/connections", post(orgs::request_connection))
+        .route(
+            "/orgs/{slug}/connections/{company_id}",
+            post(orgs::decide_connection),
+        )
+        .route(
+            "/orgs/{slug}/postings/new",
+            get(postings::new_page).post(postings::create),
+        )
+        .route("/postings", get(postings::index))
+        .route("/postings/{posting_id}", get(postings::show))
+        .route(
+            "/postings/{posting_id}/edit",
+            get(postings::edit).post(postings::save),
+        )
+        .route("/postings/{posting_id}/submit", post(postings::submit))
+        .route("/postings/{posting_id}/approve", post(postings::approve))
+        .route(
+            "/postings/{posting_id}/request-changes",
+            post(postings::request_changes),
+        )
+        .route("/postings/{posting_id}/open", post(postings::open))
+        .route("/postings/{posting_id}/close", post(postings::close))
+        .route(
+            "/postings/{posting_id}/apply",
+            post(applications::apply).layer(DefaultBodyLimit::max(
+                crate::files::MAX_CV_BYTES + 64 * 1024,
+            )),
+        )
+        .route("/applications", get(applications::mine))
+        .route("/applications/{application_id}", get(applications::show))
+        .route(
+            "/applications/{application_id}/move",
+            post(applications::move_to),
+        )
+        .route(
+            "/applications/{application_id}/notes",
+            post(applications::add_note),
+        )
+        .route("/applications/{application_id}/cv", get(applications::cv))
+        .route("/notifications", get(notifications::index))
+        .route("/notifications/read-all", post(notifications::read_all))
+        .route(
+            "/notifications/{notification_id}/open",
+            post(notifications::open),
+        )
         .route(
             "/settings/tokens",
             get(settings::tokens_index).post(settings::create_token),

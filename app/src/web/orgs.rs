@@ -11,9 +11,10 @@ use tower_sessions::Session;
 use super::admin::INVITE_VALID_SECS;
 use super::templates::{flash, render, with_errors, PageCtx};
 use crate::auth::{CurrentUser, OrgAdmin};
-use crate::db::orgs::{Member, Org};
-use crate::db::{invites, orgs, users};
-use crate::domain::{Email, OrgKind, OrgRole, UserKind};
+use crate::db::orgs::{Connection, Member, Org};
+use crate::db::postings::Posting;
+use crate::db::{invites, notifications, orgs, postings, users};
+use crate::domain::{parse_optional_text, ConnectionState, Email, OrgKind, OrgRole, UserKind};
 use crate::error::{AppError, AppResult};
 use crate::state::AppState;
 
@@ -27,6 +28,31 @@ pub struct OrgPage {
     pub member_email: String,
     pub error: Option<&'static str>,
     pub invite_link: Option<String>,
+    /// The organisation's open postings (everyone), or all of them (members).
+    pub postings: Vec<Posting>,
+    pub is_member: bool,
+    /// Company ↔ university connections, for members and site admins.
+    pub connections: Vec<Connection>,
+    /// Universities a company admin may ask to connect to.
+    pub connectable: Vec<Org>,
+    /// Postings waiting for this university's approval (its admins).
+    pub awaiting_review: Vec<Posting>,
+}
+
+impl OrgPage {
+    pub fn is_company(&self) -> bool {
+        self.org.kind == OrgKind::Company
+    }
+    /// The posting kinds this organisation posts.
+    pub fn posting_kinds(&self) -> Vec<(&'static str, &'static str)> {
+        match self.org.kind {
+            OrgKind::Company => vec![
+                ("internship", "Post an internship"),
+                ("project", "Post a joint project"),
+            ],
+            OrgKind::University => vec![("visiting", "Post a visiting-engineer position")],
+        }
+    }
 }
 
 async fn org_page(
@@ -39,6 +65,42 @@ async fn org_page(
     member_email: String,
 ) -> AppResult<OrgPage> {
     let members = orgs::members(&state.db, &org.id).await?;
+    let viewer = ctx.user.as_ref().map(|u| u.id.clone()).unwrap_or_default();
+    let is_member = members.iter().any(|m| m.user_id == viewer);
+    let sees_all = is_member || ctx.is_admin();
+    let postings = if sees_all {
+        postings::of_org(&state.db, &org.id).await?
+    } else {
+        postings::open_of_org(&state.db, &org.id).await?
+    };
+    let connections = if sees_all {
+        orgs::connections_of(&state.db, &org.id).await?
+    } else {
+        Vec::new()
+    };
+    let connectable = if can_manage && org.kind == OrgKind::Company {
+        orgs::list(&state.db)
+            .await?
+            .into_iter()
+            .filter(|u| {
+                u.kind == OrgKind::University
+                    && !connections.iter().any(|c| {
+                        c.university_id == u.id
+                            && matches!(
+                                c.state,
+                                ConnectionState::Approved | ConnectionState::Requested
+                            )
+                    })
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let awaiting_review = if can_manage && org.kind == OrgKind::University {
+        postings::awaiting_review(&state.db, &org.id).await?
+    } else {
+        Vec::new()
+    };
     Ok(OrgPage {
         ctx,
         org,
@@ -47,6 +109,11 @@ async fn org_page(
         member_email,
         error,
         invite_link,
+        postings,
+        is_member,
+        connections,
+        connectable,
+        awaiting_review,
     })
 }
 
@@ -179,4 +246,109 @@ pub async fn invite(
         )
         .await?,
     ))
+}
+
+#[derive(Deserialize)]
+pub struct ConnectForm {
+    #[serde(default)]
+    university_id: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// `POST /orgs/{slug}/connections`: a company admin asks a university to let
+/// the company post to its students.
+pub async fn request_connection(
+    State(state): State<AppState>,
+    session: Session,
+    access: OrgAdmin,
+    Form(form): Form<ConnectForm>,
+) -> AppResult<Redirect> {
+    if access.org.kind != OrgKind::Company {
+        return Err(AppError::BadRequest("connect_company_only"));
+    }
+    let university = orgs::by_id(&state.db, &form.university_id)
+        .await?
+        .filter(|u| u.kind == OrgKind::University)
+        .ok_or(AppError::BadRequest("university_required"))?;
+    let message = parse_optional_text(&form.message, 2000).map_err(AppError::BadRequest)?;
+    if !orgs::request_connection(
+        &state.db,
+        &access.org.id,
+        &university.id,
+        &message,
+        &access.user.id,
+    )
+    .await?
+    {
+        return Err(AppError::Conflict("connection_exists"));
+    }
+    let admins = orgs::admin_ids(&state.db, &university.id).await?;
+    notifications::notify(
+        &state.db.pool,
+        &admins,
+        &format!(
+            "{} asks to post projects and internships to your students",
+            access.org.name
+        ),
+        &format!("/orgs/{}#connections", university.slug),
+    )
+    .await?;
+    flash(&session, "connection_requested").await?;
+    Ok(Redirect::to(&format!(
+        "/orgs/{}#connections",
+        access.org.slug
+    )))
+}
+
+#[derive(Deserialize)]
+pub struct DecideForm {
+    #[serde(default)]
+    to: String,
+}
+
+/// `POST /orgs/{slug}/connections/{company_id}`: a university admin
+/// approves, rejects or revokes a company's connection.
+pub async fn decide_connection(
+    State(state): State<AppState>,
+    session: Session,
+    access: OrgAdmin,
+    Path((_, company_id)): Path<(String, String)>,
+    Form(form): Form<DecideForm>,
+) -> AppResult<Redirect> {
+    if access.org.kind != OrgKind::University {
+        return Err(AppError::BadRequest("decide_university_only"));
+    }
+    let to = ConnectionState::parse(&form.to)
+        .filter(|s| *s != ConnectionState::Requested)
+        .ok_or(AppError::BadRequest("state_invalid"))?;
+    let current = orgs::connection_state(&state.db, &company_id, &access.org.id)
+        .await?
+        .ok_or(AppError::NotFound)?;
+    if !orgs::decide_connection(&state.db, &company_id, &access.org.id, to, &access.user.id).await?
+    {
+        return Err(AppError::Refused {
+            code: "connection_state",
+            message: format!(
+                "This connection is {}; it cannot become {} from there.",
+                current.as_str(),
+                to.as_str()
+            ),
+        });
+    }
+    if let Some(company) = orgs::by_id(&state.db, &company_id).await? {
+        let admins = orgs::admin_ids(&state.db, &company.id).await?;
+        notifications::notify(
+            &state.db.pool,
+            &admins,
+            &format!("{} {} your connection", access.org.name, to.as_str()),
+            &format!("/orgs/{}#connections", company.slug),
+        )
+        .await?;
+    }
+    flash(&session, "connection_decided").await?;
+    Ok(Redirect::to(&format!(
+        "/orgs/{}#connections",
+        access.org.slug
+    )))
 }

@@ -15,8 +15,11 @@ use serde::Deserialize;
 use super::labs::{recipe_fields, LabInfo, ParamField};
 use super::markdown;
 use super::templates::{render, PageCtx};
-use crate::auth::CourseCreator;
+use crate::auth::CurrentUser;
+use crate::db::orgs::{self, Membership};
 use crate::db::publish::{self as versions, LabVersion, Source};
+use crate::db::users::User;
+use crate::domain::{OrgKind, UserKind};
 use crate::error::{AppError, AppResult};
 use crate::publish::{self, Published, MAX_ARCHIVE_BYTES};
 use crate::queue::{package_of, CatalogEntry};
@@ -41,6 +44,7 @@ pub struct VersionRow {
     pub report: Option<String>,
     /// Whether this is the lab's version students get now.
     pub current: bool,
+    pub sponsor: Option<String>,
 }
 
 impl VersionRow {
@@ -83,6 +87,7 @@ fn row(state: &AppState, v: LabVersion) -> VersionRow {
         published_at: v.published_at,
         report: v.check_report,
         current,
+        sponsor: v.sponsor_name,
     }
 }
 
@@ -94,45 +99,106 @@ pub struct PublishPage {
     pub error: Option<String>,
     pub published: Option<Published>,
     pub max_mb: usize,
+    /// Companies the user may publish a sponsored lab for.
+    pub sponsors: Vec<Membership>,
+    /// Company accounts must choose a sponsor; instructors may.
+    pub sponsor_required: bool,
+}
+
+/// Who may publish: instructors and site admins (any lab, optionally for a
+/// company they belong to), and company members (sponsored labs of their
+/// companies only).
+pub struct Publisher {
+    pub user: User,
+    pub sponsors: Vec<Membership>,
+}
+
+impl Publisher {
+    pub async fn of(state: &AppState, user: User) -> AppResult<Self> {
+        let sponsors: Vec<Membership> = orgs::of_user(&state.db, &user.id)
+            .await?
+            .into_iter()
+            .filter(|m| m.kind == OrgKind::Company)
+            .collect();
+        if !Self::may_publish_unsponsored(&user) && sponsors.is_empty() {
+            return Err(AppError::Forbidden);
+        }
+        Ok(Publisher { user, sponsors })
+    }
+    fn may_publish_unsponsored(user: &User) -> bool {
+        matches!(user.kind, UserKind::Instructor | UserKind::Admin)
+    }
+    pub fn sponsor_required(&self) -> bool {
+        !Self::may_publish_unsponsored(&self.user)
+    }
+    /// The sponsor chosen in the form, checked against the user's companies.
+    fn sponsor(&self, chosen: &str) -> Result<Option<String>, String> {
+        if chosen.is_empty() {
+            return if self.sponsor_required() {
+                Err("choose the company that sponsors this lab".into())
+            } else {
+                Ok(None)
+            };
+        }
+        self.sponsors
+            .iter()
+            .find(|m| m.id == chosen)
+            .map(|m| Some(m.id.clone()))
+            .ok_or_else(|| "you can only publish for a company you belong to".into())
+    }
 }
 
 async fn publish_page(
     state: &AppState,
     ctx: PageCtx,
+    publisher: &Publisher,
     error: Option<String>,
     published: Option<Published>,
 ) -> AppResult<PublishPage> {
-    let versions = versions::list(&state.db, LISTED)
-        .await?
-        .into_iter()
-        .map(|v| row(state, v))
-        .collect();
+    let listed = if publisher.sponsor_required() {
+        let mut all = Vec::new();
+        for m in &publisher.sponsors {
+            all.extend(versions::of_sponsor(&state.db, &m.id, LISTED).await?);
+        }
+        all.sort_by_key(|v| std::cmp::Reverse(v.published_at));
+        all
+    } else {
+        versions::list(&state.db, LISTED).await?
+    };
+    let versions = listed.into_iter().map(|v| row(state, v)).collect();
     Ok(PublishPage {
         ctx,
         versions,
         error,
         published,
         max_mb: MAX_ARCHIVE_BYTES / (1024 * 1024),
+        sponsors: publisher.sponsors.clone(),
+        sponsor_required: publisher.sponsor_required(),
     })
 }
 
 pub async fn index(
     State(state): State<AppState>,
     ctx: PageCtx,
-    _who: CourseCreator,
+    CurrentUser(user): CurrentUser,
 ) -> AppResult<Response> {
-    Ok(render(&publish_page(&state, ctx, None, None).await?))
+    let publisher = Publisher::of(&state, user).await?;
+    Ok(render(
+        &publish_page(&state, ctx, &publisher, None, None).await?,
+    ))
 }
 
 /// The uploaded archive (multipart field `archive`).
 pub async fn upload(
     State(state): State<AppState>,
     ctx: PageCtx,
-    CourseCreator(user): CourseCreator,
+    CurrentUser(user): CurrentUser,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> AppResult<Response> {
+    let publisher = Publisher::of(&state, user).await?;
     let mut multipart = multipart.map_err(|_| AppError::BadRequest("not_multipart"))?;
     let mut archive = None;
+    let mut sponsor = String::new();
     while let Some(field) = multipart
         .next_field()
         .await
@@ -144,21 +210,44 @@ pub async fn upload(
                 .await
                 .map_err(|_| AppError::BadRequest("upload_failed"))?;
             archive = Some(bytes.to_vec());
+        } else if field.name() == Some("sponsor") {
+            sponsor = field
+                .text()
+                .await
+                .map_err(|_| AppError::BadRequest("upload_failed"))?;
         }
     }
+    let sponsor = match publisher.sponsor(sponsor.trim()) {
+        Ok(s) => s,
+        Err(message) => {
+            let page = publish_page(&state, ctx, &publisher, Some(message), None).await?;
+            return Ok(
+                (axum::http::StatusCode::UNPROCESSABLE_ENTITY, render(&page)).into_response(),
+            );
+        }
+    };
     let outcome = match archive {
         Some(bytes) if !bytes.is_empty() => {
-            publish::publish(&state, bytes, Source::Upload, &user.id).await
+            publish::publish(
+                &state,
+                bytes,
+                Source::Upload,
+                &publisher.user.id,
+                sponsor.as_deref(),
+            )
+            .await
         }
         _ => Err(publish::PublishError::Invalid(
             "choose a .tar, .tar.gz or .zip archive of the lab folder".into(),
         )),
     };
     match outcome {
-        Ok(p) => Ok(render(&publish_page(&state, ctx, None, Some(p)).await?)),
+        Ok(p) => Ok(render(
+            &publish_page(&state, ctx, &publisher, None, Some(p)).await?,
+        )),
         Err(publish::PublishError::Internal(e)) => Err(AppError::Internal(e)),
         Err(e) => {
-            let page = publish_page(&state, ctx, Some(e.to_string()), None).await?;
+            let page = publish_page(&state, ctx, &publisher, Some(e.to_string()), None).await?;
             Ok((axum::http::StatusCode::UNPROCESSABLE_ENTITY, render(&page)).into_response())
         }
     }
@@ -222,12 +311,24 @@ async fn preview_entry(
 pub async fn preview(
     State(state): State<AppState>,
     ctx: PageCtx,
-    _who: CourseCreator,
+    CurrentUser(user): CurrentUser,
     Path(lab_id): Path<String>,
     Query(q): Query<PreviewQuery>,
 ) -> AppResult<Response> {
     let entry = preview_entry(&state, &lab_id, q.hash.as_deref()).await?;
     let version = versions::by_hash(&state.db, &lab_id, &entry.package.hash).await?;
+    // Instructors and site admins preview every lab; company members the
+    // labs their companies sponsor.
+    if !matches!(user.kind, UserKind::Instructor | UserKind::Admin) {
+        let sponsor = version.as_ref().and_then(|v| v.sponsor_org_id.clone());
+        let member = match sponsor {
+            Some(org) => orgs::role_of(&state.db, &org, &user.id).await?.is_some(),
+            None => false,
+        };
+        if !member {
+            return Err(AppError::Forbidden);
+        }
+    }
     let lab = LabInfo::of(&entry);
     let dir = entry.lab.dir().to_path_buf();
     let readme = markdown::render_cached(&entry.package.hash, || {

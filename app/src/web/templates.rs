@@ -33,6 +33,8 @@ pub struct PageCtx {
     pub user: Option<User>,
     pub csrf: String,
     pub flash: Option<String>,
+    /// Unread notifications, for the navigation bar.
+    pub unread: i64,
 }
 
 const FLASH_KEY: &str = "flash";
@@ -43,10 +45,16 @@ impl PageCtx {
             user: None,
             csrf: String::new(),
             flash: None,
+            unread: 0,
         }
     }
     pub fn is_admin(&self) -> bool {
         self.user.as_ref().is_some_and(User::is_admin)
+    }
+    pub fn is_company(&self) -> bool {
+        self.user
+            .as_ref()
+            .is_some_and(|u| u.kind == crate::domain::UserKind::Company)
     }
     pub fn can_create_courses(&self) -> bool {
         self.user.as_ref().is_some_and(|u| {
@@ -81,10 +89,17 @@ impl FromRequestParts<AppState> for PageCtx {
             None => None,
         };
         let user = parts.extensions.get::<Authn>().and_then(|a| a.user.clone());
-        if user.is_some() {
+        let mut unread = 0;
+        if let Some(user) = &user {
             touch(&session).await?;
+            unread = crate::db::notifications::unread_count(&state.db, &user.id).await?;
         }
-        Ok(PageCtx { user, csrf, flash })
+        Ok(PageCtx {
+            user,
+            csrf,
+            flash,
+            unread,
+        })
     }
 }
 

@@ -62,7 +62,7 @@ pub async fn push(
                 MAX_ARCHIVE_BYTES / (1024 * 1024)
             ))
         })?;
-    let published = publish::publish(&state, bytes.to_vec(), Source::Push, &user.id).await?;
+    let published = publish::publish(&state, bytes.to_vec(), Source::Push, &user.id, None).await?;
     let status = if published.unchanged {
         StatusCode::OK
     } else {
