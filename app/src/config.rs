@@ -86,6 +86,11 @@ pub struct Settings {
     /// demo uses less so a run takes seconds). Default: 1.0.
     #[arg(long, env = "SANHAK_JOB_STEP_SCALE", global = true)]
     pub job_step_scale: Option<f64>,
+    /// GPU-seconds a CPU-only job is charged to its GPU budget per CPU-second
+    /// it uses (GPU jobs are charged their measured GPU-seconds). 0 makes CPU
+    /// jobs free. Default: 0.02 (50 CPU-seconds cost one GPU-second).
+    #[arg(long, env = "SANHAK_CPU_CHARGE_RATE", global = true)]
+    pub cpu_charge_rate: Option<f64>,
 }
 
 /// The optional `sanhak.toml`; every key mirrors a flag.
@@ -106,6 +111,7 @@ struct FileSettings {
     max_running_per_student: Option<u32>,
     deadline_priority_hours: Option<u32>,
     job_step_scale: Option<f64>,
+    cpu_charge_rate: Option<f64>,
 }
 
 /// The resolved configuration.
@@ -139,6 +145,8 @@ pub struct QueueSettings {
     pub max_running_per_student: u32,
     pub deadline_priority_hours: u32,
     pub step_scale: f64,
+    /// GPU-seconds charged per CPU-second of a CPU-only job.
+    pub cpu_charge_rate: f64,
 }
 
 const DEFAULT_CONFIG_FILE: &str = "sanhak.toml";
@@ -226,6 +234,11 @@ impl Settings {
                     Some(s) if s.is_finite() && s > 0.0 && s <= 1.0 => s,
                     Some(_) => anyhow::bail!("job_step_scale must be in (0, 1]"),
                     None => 1.0,
+                },
+                cpu_charge_rate: match pick(self.cpu_charge_rate, file.cpu_charge_rate) {
+                    Some(r) if r.is_finite() && (0.0..=1000.0).contains(&r) => r,
+                    Some(_) => anyhow::bail!("cpu_charge_rate must be from 0 to 1000"),
+                    None => crate::db::jobs::DEFAULT_CPU_RATE,
                 },
             },
         })

@@ -10,6 +10,7 @@ use sanhak_runner::recipe::RecipeIssue;
 use crate::db::jobs::{self, AttemptLimits, NewSubmission, SubmitRefusal};
 use crate::db::labs::{self as db_labs, Counts, CourseLab, LabSettings, LatePolicy};
 use crate::db::users::User;
+use crate::db::vouchers::BudgetRefusal;
 use crate::error::AppError;
 use crate::queue::CatalogEntry;
 use crate::state::AppState;
@@ -33,11 +34,28 @@ pub struct Lateness {
 /// Why the rules refuse a submission now.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Refusal {
-    NotReleased { release_at: i64 },
-    PastDeadline { due_at: i64 },
-    LateWindowClosed { closed_at: i64 },
-    AttemptsUsed { max: i64 },
-    DailyLimit { max: i64, next_at: Option<i64> },
+    NotReleased {
+        release_at: i64,
+    },
+    PastDeadline {
+        due_at: i64,
+    },
+    LateWindowClosed {
+        closed_at: i64,
+    },
+    AttemptsUsed {
+        max: i64,
+    },
+    DailyLimit {
+        max: i64,
+        next_at: Option<i64>,
+    },
+    /// The GPU budget the course's jobs run under is used up or expired.
+    BudgetExhausted,
+    /// The student used their cap on the course's GPU budget (milli-GPU-seconds).
+    StudentCap {
+        cap_ms: i64,
+    },
 }
 
 impl Refusal {
@@ -47,6 +65,8 @@ impl Refusal {
             Refusal::PastDeadline { .. } | Refusal::LateWindowClosed { .. } => "deadline_passed",
             Refusal::AttemptsUsed { .. } => "attempts_used",
             Refusal::DailyLimit { .. } => "daily_limit",
+            Refusal::BudgetExhausted => "budget_exhausted",
+            Refusal::StudentCap { .. } => "gpu_cap_reached",
         }
     }
 
@@ -74,6 +94,13 @@ impl Refusal {
                 ),
                 None => format!("You have made {max} attempts in the last 24 hours, the most allowed."),
             },
+            Refusal::BudgetExhausted => "This course's GPU budget is used up (or its vouchers have expired), \
+                 so no new runs can start. Runs already started will finish. Ask your instructor."
+                .to_owned(),
+            Refusal::StudentCap { cap_ms } => format!(
+                "You have used your share of this course's GPU budget ({}). Ask your instructor to raise it.",
+                crate::web::vouchers::amount(*cap_ms)
+            ),
         }
     }
 }
@@ -342,6 +369,7 @@ pub async fn submit(
         let limits = AttemptLimits {
             max_total: offered.settings.max_attempts,
             max_per_day: offered.settings.max_per_day,
+            gpu_cap_ms: crate::db::vouchers::student_cap(&state.db, &offered.course_id).await?,
         };
         (lateness, limits)
     };
@@ -372,6 +400,12 @@ pub async fn submit(
                 next_at: oldest_at.map(|t| t + DAY),
             })
             .into())
+        }
+        Err(SubmitRefusal::Budget(BudgetRefusal::Exhausted)) => {
+            return Err(AppError::from(Refusal::BudgetExhausted).into())
+        }
+        Err(SubmitRefusal::Budget(BudgetRefusal::StudentCap { cap_ms })) => {
+            return Err(AppError::from(Refusal::StudentCap { cap_ms }).into())
         }
     };
     state.queue.wake();

@@ -151,6 +151,7 @@ pub async fn seed(db: &Db) -> anyhow::Result<Seeded> {
         )
         .await?;
     }
+    crate::db::vouchers::seed_demo(db, &course_id, &people[0].id).await?;
     let course = courses::by_id(db, &course_id)
         .await?
         .ok_or_else(|| anyhow::anyhow!("demo course vanished"))?;

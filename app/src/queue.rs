@@ -313,6 +313,10 @@ pub fn spawn_reaper(db: Db, queue: Arc<Queue>, every: Duration) -> tokio::task::
                 Ok(_) => {}
                 Err(e) => tracing::error!(error = %e, "reaping expired leases"),
             }
+            // Jobs that ended without settling their GPU-budget hold.
+            if let Err(e) = crate::db::vouchers::settle_finished(&db, queue.policy.cpu_rate).await {
+                tracing::error!(error = %e, "settling GPU-budget holds");
+            }
         }
     })
 }

@@ -36,6 +36,7 @@ pub async fn prepare_state(config: Config) -> anyhow::Result<(AppState, Store)> 
         max_attempts: i64::from(q.max_attempts),
         max_running_per_student: i64::from(q.max_running_per_student),
         deadline_window_ms: i64::from(q.deadline_priority_hours) * 3_600_000,
+        cpu_rate: q.cpu_charge_rate,
         ..QueuePolicy::default()
     };
     let queue = Arc::new(Queue::new(policy, catalog, q.step_scale));

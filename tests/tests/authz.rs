@@ -235,6 +235,24 @@ const PAGES: &[Row] = &[
     ),
     row("POST", "/projects/{team_id}/files", PARTICIPANTS),
     row("GET", "/projects/{team_id}/files/{file_id}", SPACE_VIEWERS),
+    // GPU budgets: course staff see their course's, org admins their
+    // organisation's (the company member is a plain member), site admins
+    // every one; only site admins grant and adjust vouchers. An empty cap
+    // form removes the (absent) cap; `{voucher_id}` and `{project_id}` name none.
+    row("GET", "/courses/{course_id}/budget", STAFF),
+    row("GET", "/courses/{course_id}/budget.csv", STAFF),
+    row("POST", "/courses/{course_id}/budget/cap", TEACHER),
+    row("GET", "/orgs/{slug}/budget", ADMIN),
+    row("GET", "/orgs/{slug}/budget.csv", ADMIN),
+    row("GET", "/admin/vouchers", ADMIN),
+    row("POST", "/admin/vouchers", ADMIN),
+    row("POST", "/admin/vouchers/{voucher_id}/adjust", ADMIN),
+    row("GET", "/admin/vouchers/projects/{project_id}", ADMIN),
+    row(
+        "GET",
+        "/admin/vouchers/projects/{project_id}/ledger.csv",
+        ADMIN,
+    ),
 ];
 
 const API: &[Row] = &[
@@ -582,6 +600,8 @@ fn concrete(path: &str, w: &World) -> String {
         .replace("{token}", "inv_0000")
         .replace("{token_id}", "no-such-token")
         .replace("{regrade_id}", "no-such-regrade")
+        .replace("{voucher_id}", "no-such-voucher")
+        .replace("{project_id}", "no-such-project")
         .replace("{*path}", "style.css")
         .replace("{team_id}", &w.team_id)
         .replace("{milestone_id}", "no-such-milestone")

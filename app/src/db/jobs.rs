@@ -20,7 +20,7 @@
 use sanhak_runner::protocol::{self, Resources};
 use sqlx::{FromRow, Row as _};
 
-use super::{new_id, Backend, Db};
+use super::{new_id, vouchers, Backend, Db};
 
 /// States in which a job holds a lease.
 pub const ACTIVE: &str = "('leased', 'running', 'grading')";
@@ -47,7 +47,13 @@ pub struct QueuePolicy {
     pub in_flight_weight_s: f64,
     /// Events stored per job; later ones are counted and dropped.
     pub max_events_per_job: i64,
+    /// GPU-seconds a CPU-only job is charged per CPU-second it uses (see
+    /// `db::vouchers`).
+    pub cpu_rate: f64,
 }
+
+/// Default GPU-seconds charged per CPU-second: 50 CPU-seconds make one GPU-second.
+pub const DEFAULT_CPU_RATE: f64 = 0.02;
 
 impl Default for QueuePolicy {
     fn default() -> Self {
@@ -59,6 +65,7 @@ impl Default for QueuePolicy {
             usage_half_life_ms: 3_600_000,
             in_flight_weight_s: 60.0,
             max_events_per_job: 5_000,
+            cpu_rate: DEFAULT_CPU_RATE,
         }
     }
 }
@@ -98,6 +105,8 @@ pub struct RegradeOf<'a> {
 pub struct AttemptLimits {
     pub max_total: Option<i64>,
     pub max_per_day: Option<i64>,
+    /// The student's cap on the course's GPU budget, in milli-GPU-seconds.
+    pub gpu_cap_ms: Option<i64>,
 }
 
 /// A submission the attempt limits refused.
@@ -111,6 +120,8 @@ pub enum SubmitRefusal {
         max: i64,
         oldest_at: Option<i64>,
     },
+    /// The GPU budget (or the student's cap on it) has nothing left.
+    Budget(vouchers::BudgetRefusal),
 }
 
 /// Attempts of a student in a lab that count towards the limits, with the
@@ -229,6 +240,26 @@ pub async fn submit(
     .bind(now)
     .execute(&mut *tx)
     .await?;
+    // The GPU budget holds what the job may use, in this same transaction,
+    // so two submissions cannot both take the last credit.
+    let held = vouchers::hold(
+        &mut tx,
+        db.backend,
+        &vouchers::HoldJob {
+            job_id: &job_id,
+            course_id: new.course_id,
+            user_id: new.user_id,
+            lab_id: new.lab_id,
+            bound_ms: vouchers::hold_bound_ms(&new.resources, policy.cpu_rate),
+            cap_ms: new.limits.gpu_cap_ms,
+            refusable: new.regrade.is_none(),
+        },
+    )
+    .await?;
+    if let Err(refusal) = held {
+        tx.rollback().await?;
+        return Ok(Err(SubmitRefusal::Budget(refusal)));
+    }
     // Every course with jobs has a usage row: fair share ranks courses by it.
     sqlx::query(
         "INSERT INTO course_usage (course_id, seconds, updated_ms) VALUES ($1, 0, $2) \
@@ -768,7 +799,8 @@ pub async fn complete(
         "UPDATE jobs SET state = $1, outcome = $2, points = $3, max_points = $4, metric = $5, public_metric = $6, \
          message = $7, report = $8, artifacts = $9, fault = $10, cpu_seconds = $11, gpu_seconds = $12, \
          wall_used = $13, finished_ms = $14, lease = NULL, lease_expires_ms = NULL \
-         WHERE id = $15 AND lease = $16 AND state IN {ACTIVE} AND lease_expires_ms >= $14 RETURNING course_id"
+         WHERE id = $15 AND lease = $16 AND state IN {ACTIVE} AND lease_expires_ms >= $14 \
+         RETURNING course_id, gpu_count, gpu_seconds, cpu_seconds"
     ))
     .bind(state)
     .bind(outcome)
@@ -798,6 +830,7 @@ pub async fn complete(
     };
     let course_id: String = row.try_get(0)?;
     charge_usage(&mut tx, &course_id, &c.usage, now, policy).await?;
+    vouchers::settle(&mut tx, job_id, measured_of(&row, 1, policy)?).await?;
     tx.commit().await?;
     Ok(Report::Recorded(state.into()))
 }
@@ -821,7 +854,7 @@ pub async fn fail(
                  cpu_seconds = $2, gpu_seconds = $3, wall_used = $4, finished_ms = $5, lease = NULL, \
                  lease_expires_ms = NULL \
                  WHERE id = $6 AND lease = $7 AND state IN {ACTIVE} AND lease_expires_ms >= $5 \
-                 RETURNING course_id, state"
+                 RETURNING course_id, state, gpu_count, gpu_seconds, cpu_seconds"
             ))
             .bind(&f.message)
             .bind(f.usage.cpu_seconds)
@@ -843,7 +876,7 @@ pub async fn fail(
                    gpu_seconds = gpu_seconds + $3, wall_used = wall_used + $4, lease = NULL, \
                    lease_expires_ms = NULL, runner_id = NULL \
                  WHERE id = $6 AND lease = $7 AND state IN {ACTIVE} AND lease_expires_ms >= $5 \
-                 RETURNING course_id, state"
+                 RETURNING course_id, state, gpu_count, gpu_seconds, cpu_seconds"
             ))
             .bind(&f.message)
             .bind(f.usage.cpu_seconds)
@@ -863,11 +896,25 @@ pub async fn fail(
     let course_id: String = row.try_get(0)?;
     let state: String = row.try_get(1)?;
     charge_usage(&mut tx, &course_id, &f.usage, now, policy).await?;
+    if is_final(&state) {
+        vouchers::settle(&mut tx, job_id, measured_of(&row, 2, policy)?).await?;
+    }
     tx.commit().await?;
     if state == "queued" {
         clear_events_of_requeued(db).await?;
     }
     Ok(Report::Recorded(state))
+}
+
+/// What a job measured, in milli-GPU-seconds, from the `gpu_count,
+/// gpu_seconds, cpu_seconds` columns of `row` starting at `at`.
+fn measured_of(row: &super::Row, at: usize, policy: &QueuePolicy) -> sqlx::Result<i64> {
+    Ok(vouchers::measured_ms(
+        row.try_get(at)?,
+        row.try_get(at + 1)?,
+        row.try_get(at + 2)?,
+        policy.cpu_rate,
+    ))
 }
 
 async fn charge_usage(
@@ -900,18 +947,33 @@ async fn charge_usage(
 /// `None` when the job had already finished.
 #[tracing::instrument(skip_all)]
 pub async fn cancel(db: &Db, job_id: &str, by: &str) -> sqlx::Result<Option<String>> {
-    let n = sqlx::query(
+    let mut tx = db.begin_write().await?;
+    let row = sqlx::query(
         "UPDATE jobs SET state = 'cancelled', outcome = 'cancelled', cancel_requested = 1, lease = NULL, \
          lease_expires_ms = NULL, finished_ms = $1, message = $2 \
-         WHERE id = $3 AND state IN ('queued', 'leased', 'running', 'grading')",
+         WHERE id = $3 AND state IN ('queued', 'leased', 'running', 'grading') \
+         RETURNING gpu_count, gpu_seconds, cpu_seconds",
     )
     .bind(now_ms())
     .bind(format!("cancelled by {by}"))
     .bind(job_id)
-    .execute(&db.pool)
-    .await?
-    .rows_affected();
-    Ok((n == 1).then(|| "cancelled".to_owned()))
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        tx.rollback().await?;
+        return Ok(None);
+    };
+    // A cancelled job is charged what it measured so far. A job that
+    // measured nothing (the usual case: its runner never reported) gives its
+    // whole hold back now; one that measured something is settled by the
+    // reaper's sweep (`vouchers::settle_finished`), which knows the CPU rate.
+    let gpu_seconds: f64 = row.try_get(1)?;
+    let cpu_seconds: f64 = row.try_get(2)?;
+    if gpu_seconds <= 0.0 && cpu_seconds <= 0.0 {
+        vouchers::settle(&mut tx, job_id, 0).await?;
+    }
+    tx.commit().await?;
+    Ok(Some("cancelled".to_owned()))
 }
 
 /// A job with its submission, as the API shows it.

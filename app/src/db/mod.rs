@@ -20,6 +20,7 @@ pub mod submissions;
 pub mod throttle;
 pub mod tokens;
 pub mod users;
+pub mod vouchers;
 
 use std::str::FromStr as _;
 use std::time::Duration;

@@ -442,7 +442,12 @@ pub async fn roster_export(
 
 /// A CSV file download named `<what>-<code>-<term>.csv` (safe characters only).
 pub fn csv_download(what: &str, course: &Course, body: impl IntoResponse) -> Response {
-    let filename = format!("{what}-{}-{}.csv", course.code, course.term).replace(
+    csv_file(&format!("{what}-{}-{}", course.code, course.term), body)
+}
+
+/// A CSV file download named `<stem>.csv` (safe characters only).
+pub fn csv_file(stem: &str, body: impl IntoResponse) -> Response {
+    let filename = format!("{stem}.csv").replace(
         |c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '.'),
         "_",
     );

@@ -362,6 +362,10 @@ pub struct LabPage {
     pub history: Vec<HistoryRow>,
     /// Whether submitting is possible now (and why not).
     pub closed: Option<String>,
+    /// What is left of the GPU budget this user's runs draw on.
+    pub gpu_budget: String,
+    /// CPU labs: how their CPU-seconds are charged (empty: not at all).
+    pub cpu_rate_text: String,
     /// The sponsoring company of a company-sponsored lab: (name, slug).
     pub sponsor: Option<(String, String)>,
 }
@@ -455,7 +459,13 @@ async fn lab_page(
         .map(|m| (m - attempts_used).max(0));
     let day_left = offered.settings.max_per_day.map(|m| (m - day_used).max(0));
     let staff = access.is_staff();
-    let closed = if staff {
+    let bound_ms =
+        crate::db::vouchers::hold_bound_ms(&entry.resources(), state.queue.policy.cpu_rate);
+    let budget =
+        super::vouchers::lab_budget(state, &offered.course_id, &user.id, staff, bound_ms).await?;
+    let closed = if let Some(r) = &budget.refusal {
+        Some(r.message())
+    } else if staff {
         None
     } else if let Err(r) = coursework::lateness(&offered.settings, due, now) {
         Some(r.message())
@@ -535,6 +545,11 @@ async fn lab_page(
         form_error,
         history,
         closed,
+        gpu_budget: budget.text,
+        cpu_rate_text: match state.queue.policy.cpu_rate {
+            r if r > 0.0 => format!("{} GPU-seconds per CPU-second", fmt_num(r)),
+            _ => String::new(),
+        },
         sponsor,
     })
 }

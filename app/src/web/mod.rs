@@ -22,6 +22,7 @@ pub mod publish;
 pub mod regrades;
 pub mod settings;
 pub mod templates;
+pub mod vouchers;
 
 use std::sync::Arc;
 
@@ -256,6 +257,27 @@ fn pages() -> Router<AppState> {
             "/admin/orgs",
             get(admin::orgs_index).post(admin::create_org),
         )
+        .route(
+            "/admin/vouchers",
+            get(vouchers::admin_index).post(vouchers::grant),
+        )
+        .route(
+            "/admin/vouchers/{voucher_id}/adjust",
+            post(vouchers::adjust),
+        )
+        .route(
+            "/admin/vouchers/projects/{project_id}",
+            get(vouchers::project),
+        )
+        .route(
+            "/admin/vouchers/projects/{project_id}/ledger.csv",
+            get(vouchers::project_csv),
+        )
+        .route("/courses/{course_id}/budget", get(vouchers::course))
+        .route("/courses/{course_id}/budget.csv", get(vouchers::course_csv))
+        .route("/courses/{course_id}/budget/cap", post(vouchers::set_cap))
+        .route("/orgs/{slug}/budget", get(vouchers::org))
+        .route("/orgs/{slug}/budget.csv", get(vouchers::org_csv))
         .layer(from_fn(csrf::guard))
 }
 
