@@ -863,6 +863,30 @@ both_backends!(
             formed_team(&app, &w, "l2@proj-univ.ac.kr", "m2@proj-univ.ac.kr").await;
         let space = format!("/projects/{team_id}");
 
+        // The project's GPU budget: none yet, then a voucher granted to it.
+        let (_, html) = lead.b.get_text(&space).await;
+        assert!(html.contains("No GPU voucher is granted to this project"));
+        let scope = sanhak::db::vouchers::Scope::project(&team_id);
+        sanhak::db::vouchers::grant(
+            &app.db,
+            &sanhak::db::vouchers::NewVoucher {
+                scope: &scope,
+                amount_ms: 160 * 3_600_000,
+                tf_label: "160 TF",
+                valid_from: 0,
+                valid_until: i64::MAX / 2,
+                source: "AI voucher programme",
+                granted_by: &w.prof.id,
+            },
+        )
+        .await
+        .unwrap();
+        let (_, html) = lead.b.get_text(&space).await;
+        assert!(
+            html.contains("GPU budget: <strong>160 GPU-hours</strong> left"),
+            "{html}"
+        );
+
         // A message: Markdown, sanitised; the others are told, not the author.
         let r = lead
             .b
@@ -1030,18 +1054,7 @@ both_backends!(
 
 /// A multipart/form-data body with one file field `file`.
 fn multipart(bytes: &[u8], filename: &str) -> (String, Vec<u8>) {
-    let boundary = "sanhak-project-boundary-41c2";
-    let mut body = Vec::new();
-    body.extend_from_slice(
-        format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n\
-             Content-Type: application/octet-stream\r\n\r\n"
-        )
-        .as_bytes(),
-    );
-    body.extend_from_slice(bytes);
-    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    (format!("multipart/form-data; boundary={boundary}"), body)
+    sanhak_tests::multipart_body(&[], &[("file", filename, bytes)])
 }
 
 async fn upload(b: &Browser, team_id: &str, bytes: &[u8], filename: &str) -> reqwest::Response {

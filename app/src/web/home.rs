@@ -30,6 +30,8 @@ pub struct DashboardPage {
     pub orgs: Vec<Membership>,
     /// Labs due soonest in the courses the user studies: (lab title, due).
     pub due: Vec<(crate::db::labs::DueLab, String)>,
+    /// Joint projects whose formed team the user is on or advises.
+    pub projects: Vec<crate::db::projects::Team>,
 }
 
 pub async fn dashboard(
@@ -39,6 +41,7 @@ pub async fn dashboard(
 ) -> AppResult<Response> {
     let courses = courses::of_user(&state.db, &user.id).await?;
     let orgs = orgs::of_user(&state.db, &user.id).await?;
+    let projects = crate::db::projects::formed_of_user(&state.db, &user.id).await?;
     let due = crate::db::labs::due_for_student(&state.db, &user.id, crate::db::now(), 8)
         .await?
         .into_iter()
@@ -57,5 +60,6 @@ pub async fn dashboard(
         courses,
         orgs,
         due,
+        projects,
     }))
 }

@@ -836,6 +836,11 @@ pub struct SpacePage {
     pub forms: SpaceForms,
     pub max_file_mb: usize,
     pub statuses: &'static [MilestoneStatus],
+    /// The project's GPU budget (vouchers granted to this team's project):
+    /// (left, used), as text; `None` when it has no voucher.
+    pub budget: Option<(String, String)>,
+    /// Live labs sponsored by the posting company: (lab id, title).
+    pub company_labs: Vec<(String, String)>,
 }
 
 /// A file size for people (pages call it with a reference, as askama passes one).
@@ -880,6 +885,21 @@ async fn space_page<P>(
         })
         .collect();
     let files = db_projects::files(&state.db, &team_id).await?;
+    let vouchers =
+        crate::db::vouchers::of_scope(&state.db, &crate::db::vouchers::Scope::project(&team_id))
+            .await?;
+    let budget = (!vouchers.is_empty()).then(|| {
+        let left: i64 = vouchers.iter().map(|v| v.balance_ms).sum();
+        let used: i64 = vouchers.iter().map(|v| v.charged_ms).sum();
+        (super::vouchers::amount(left), super::vouchers::amount(used))
+    });
+    let mut company_labs: Vec<(String, String)> = crate::db::publish::live(&state.db)
+        .await?
+        .into_iter()
+        .filter(|v| v.sponsor_org_id.as_deref() == Some(access.posting.org_id.as_str()))
+        .map(|v| (v.lab_id, v.title))
+        .collect();
+    company_labs.dedup_by(|a, b| a.0 == b.0);
     Ok(SpacePage {
         ctx,
         can_take_part: access.standing.participant(),
@@ -892,6 +912,8 @@ async fn space_page<P>(
         forms,
         max_file_mb: MAX_PROJECT_FILE_BYTES / (1024 * 1024),
         statuses: MilestoneStatus::ALL,
+        budget,
+        company_labs,
     })
 }
 
