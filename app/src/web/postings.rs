@@ -14,7 +14,7 @@ use tower_sessions::Session;
 use super::templates::{flash, render, with_errors, FormErrors, PageCtx};
 use crate::auth::CurrentUser;
 use crate::db::applications::Application;
-use crate::db::orgs::{Member, Membership, Org};
+use crate::db::orgs::{Member, Org};
 use crate::db::postings::{Filter, Posting, PostingEvent, PostingFields, Viewer};
 use crate::db::users::User;
 use crate::db::{applications, notifications, now, orgs, postings};
@@ -196,7 +196,7 @@ pub async fn index(
     )
     .await?;
     let orgs = postings::posting_orgs(&state.db).await?;
-    let can_post = posting_orgs_of(&state, &user)
+    let can_post = orgs::of_user(&state.db, &user.id)
         .await?
         .into_iter()
         .map(|m| {
@@ -220,11 +220,6 @@ fn kinds_for(org: OrgKind) -> Vec<PostingKind> {
         .copied()
         .filter(|k| k.posted_by() == org)
         .collect()
-}
-
-/// Organisations the user is a member of (any kind).
-async fn posting_orgs_of(state: &AppState, user: &User) -> AppResult<Vec<Membership>> {
-    Ok(orgs::of_user(&state.db, &user.id).await?)
 }
 
 // ---------------------------------------------------------------------------
@@ -651,7 +646,8 @@ pub struct ShowPage {
     /// Why the viewer cannot apply, when they are in the audience.
     pub cannot_apply: Option<MessageKey>,
     pub connection_ok: bool,
-    pub apply_errors: FormErrors,
+    /// Errors of the form sent last: the application, or a review comment.
+    pub errors: FormErrors,
     pub statement: String,
 }
 
@@ -697,7 +693,7 @@ pub async fn show_page(
     ctx: PageCtx,
     user: &User,
     id: &str,
-    apply_errors: FormErrors,
+    errors: FormErrors,
     statement: String,
 ) -> AppResult<ShowPage> {
     let (posting, access) = visible(state, user, id).await?;
@@ -733,7 +729,7 @@ pub async fn show_page(
         may_apply,
         cannot_apply,
         connection_ok,
-        apply_errors,
+        errors,
         statement,
     })
 }
@@ -904,16 +900,7 @@ pub async fn request_changes(
         Ok(_) => {
             let mut errors = FormErrors::default();
             errors.add("comment", "comment_required");
-            let mut page = show_page(
-                &state,
-                ctx,
-                &user,
-                &id,
-                FormErrors::default(),
-                String::new(),
-            )
-            .await?;
-            page.apply_errors = errors;
+            let page = show_page(&state, ctx, &user, &id, errors, String::new()).await?;
             return Ok(with_errors(&page));
         }
         Err(key) => return Err(AppError::BadRequest(key)),
