@@ -5,7 +5,6 @@
 use askama::Template;
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::{Multipart, Path, State};
-use axum::http::header;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 use serde::Deserialize;
@@ -99,7 +98,7 @@ pub async fn apply(
             }
             Some("cv") => {
                 let name = field.file_name().unwrap_or_default().to_owned();
-                let bytes = read_capped(field, files::MAX_CV_BYTES).await;
+                let bytes = super::files::read_capped(field, files::MAX_CV_BYTES).await;
                 match bytes {
                     Ok(b) if !name.is_empty() || !b.is_empty() => cv = Some((name, b)),
                     Ok(_) => {}
@@ -175,22 +174,6 @@ pub async fn apply(
     .await?;
     flash(&session, "application_sent").await?;
     Ok(Redirect::to(&format!("/applications/{app_id}")).into_response())
-}
-
-/// Reads a multipart field, refusing it once it passes `max` bytes (the
-/// rest is not buffered).
-async fn read_capped(
-    mut field: axum::extract::multipart::Field<'_>,
-    max: usize,
-) -> Result<Vec<u8>, MessageKey> {
-    let mut out = Vec::new();
-    while let Some(chunk) = field.chunk().await.map_err(|_| "upload_failed")? {
-        if out.len() + chunk.len() > max {
-            return Err("file_too_large");
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out)
 }
 
 /// Who is looking at an application.
@@ -399,29 +382,7 @@ pub async fn cv(
     let file = crate::db::files::get(&state.db, &file_id)
         .await?
         .ok_or(AppError::NotFound)?;
-    download(&state, &file).await
-}
-
-/// A stored file as an attachment, with its checked content type.
-pub async fn download(
-    state: &AppState,
-    file: &crate::db::files::StoredFile,
-) -> AppResult<Response> {
-    let bytes = files::read(&state.config.data_dir, &file.sha256).await?;
-    let disposition = format!(
-        "attachment; filename*=UTF-8''{}",
-        crate::error::urlencode(&file.name)
-    );
-    Ok((
-        [
-            (header::CONTENT_TYPE, file.content_type.clone()),
-            (header::CONTENT_DISPOSITION, disposition),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
-            (header::CACHE_CONTROL, "private, no-store".to_owned()),
-        ],
-        bytes,
-    )
-        .into_response())
+    super::files::download(&state, &file.name, &file.content_type, &file.sha256).await
 }
 
 #[derive(Template)]

@@ -7,6 +7,7 @@ pub mod api;
 pub mod applications;
 pub mod charts;
 pub mod courses;
+pub mod files;
 pub mod gradebook;
 pub mod home;
 pub mod jobs;

@@ -18,11 +18,10 @@ use std::collections::HashMap;
 use std::marker::PhantomData;
 
 use askama::Template;
-use axum::body::Body;
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::{FromRequestParts, Multipart, Path, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderValue, StatusCode};
+
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 use serde::Deserialize;
@@ -1058,7 +1057,7 @@ pub async fn set_milestone_status(
 /// rest so the client gets the answer.
 async fn read_upload(multipart: &mut Multipart) -> AppResult<Option<(String, Vec<u8>)>> {
     let mut upload = None;
-    while let Some(mut field) = multipart
+    while let Some(field) = multipart
         .next_field()
         .await
         .map_err(|_| AppError::BadRequest("upload_failed"))?
@@ -1067,19 +1066,9 @@ async fn read_upload(multipart: &mut Multipart) -> AppResult<Option<(String, Vec
             continue;
         }
         let name = field.file_name().unwrap_or_default().to_owned();
-        let mut bytes: Vec<u8> = Vec::new();
-        loop {
-            match field.chunk().await {
-                Ok(Some(chunk)) => {
-                    let room = (MAX_PROJECT_FILE_BYTES + 1).saturating_sub(bytes.len());
-                    bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                }
-                Ok(None) => break,
-                // Over the route's body limit: certainly too large.
-                Err(_) if bytes.len() > MAX_PROJECT_FILE_BYTES => break,
-                Err(_) => return Err(AppError::BadRequest("upload_failed")),
-            }
-        }
+        let bytes = super::files::read_capped(field, MAX_PROJECT_FILE_BYTES)
+            .await
+            .map_err(AppError::BadRequest)?;
         upload = Some((name, bytes));
     }
     Ok(upload)
@@ -1119,30 +1108,6 @@ pub async fn upload_file(
     Ok(Redirect::to(&format!("/projects/{}#files", access.team.id)).into_response())
 }
 
-/// `Content-Disposition: attachment` with an ASCII fallback name and the
-/// exact name in RFC 5987 form.
-fn attachment(name: &str) -> String {
-    let fallback: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ' ' | '(' | ')') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let mut encoded = String::new();
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
-            encoded.push(b as char);
-        } else {
-            encoded.push_str(&format!("%{b:02X}"));
-        }
-    }
-    format!("attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}")
-}
-
 /// `GET /projects/{team_id}/files/{file_id}`: always a download, with the
 /// type the upload was checked as.
 pub async fn download_file(
@@ -1153,43 +1118,12 @@ pub async fn download_file(
     let f = db_projects::file(&state.db, &access.team.id, &file_id)
         .await?
         .ok_or(AppError::NotFound)?;
-    let bytes = files::read(&state.config.data_dir, &f.sha256)
-        .await
-        .map_err(|e| AppError::Internal(e.context("reading a project file")))?;
-    let content_type = HeaderValue::from_str(&f.content_type)
-        .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
-    let disposition = HeaderValue::from_str(&attachment(&f.name))
-        .unwrap_or_else(|_| HeaderValue::from_static("attachment"));
-    let mut response = (StatusCode::OK, Body::from(bytes)).into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, content_type);
-    headers.insert(header::CONTENT_DISPOSITION, disposition);
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("private, no-store"),
-    );
-    Ok(response)
+    super::files::download(&state, &f.name, &f.content_type, &f.sha256).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn attachment_names_are_quoted_safely() {
-        assert_eq!(
-            attachment("report v2.pdf"),
-            "attachment; filename=\"report v2.pdf\"; filename*=UTF-8''report%20v2.pdf"
-        );
-        let h = attachment("보고서\".pdf");
-        assert!(h.starts_with("attachment; filename=\"____.pdf\""), "{h}");
-        assert!(h.contains("%EB%B3%B4"), "{h}");
-        assert!(HeaderValue::from_str(&h).is_ok());
-    }
 
     #[test]
     fn due_dates() {
