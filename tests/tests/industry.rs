@@ -212,6 +212,13 @@ both_backends!(
             .await;
         assert_eq!(r.status(), StatusCode::SEE_OTHER);
         let id = draft_internship(&w, "Summer internship").await;
+        let approved = draft_internship(&w, "Winter internship").await;
+        for (who, path) in [(&w.engineer, "submit"), (&w.uni_admin, "approve")] {
+            let r = who
+                .post_form(&format!("/postings/{approved}/{path}"), &[])
+                .await;
+            assert_eq!(r.status(), StatusCode::SEE_OTHER, "{path}");
+        }
         let r = w
             .uni_admin
             .post_form(
@@ -226,6 +233,13 @@ both_backends!(
             .await;
         assert_eq!(r.status(), StatusCode::CONFLICT);
         assert_eq!(state_of(&app, &id).await, PostingState::Draft);
+        // An approved posting cannot be opened once the connection is revoked.
+        let r = w
+            .engineer
+            .post_form(&format!("/postings/{approved}/open"), &[])
+            .await;
+        assert_eq!(r.status(), StatusCode::CONFLICT);
+        assert_eq!(state_of(&app, &approved).await, PostingState::Approved);
         // Revoking twice is a disallowed move: a clear error, no change.
         let r = w
             .uni_admin

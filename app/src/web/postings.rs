@@ -688,6 +688,33 @@ impl ShowPage {
     }
 }
 
+/// Whether the posting organisation may post to the addressed university:
+/// always for a university's own postings; for a company, only while its
+/// connection is approved.
+async fn connected(state: &AppState, posting: &Posting) -> AppResult<bool> {
+    Ok(match posting.kind.posted_by() {
+        OrgKind::University => true,
+        OrgKind::Company => {
+            orgs::connection_state(&state.db, &posting.org_id, &posting.university_id).await?
+                == Some(ConnectionState::Approved)
+        }
+    })
+}
+
+/// Refuses a move of a company posting whose connection is not approved.
+async fn ensure_connected(state: &AppState, posting: &Posting) -> AppResult<()> {
+    if connected(state, posting).await? {
+        return Ok(());
+    }
+    Err(refused(
+        "not_connected",
+        format!(
+            "{} is not approved to post to {} students. A company admin asks to connect on the company's page; a university admin approves it.",
+            posting.org_name, posting.university_name
+        ),
+    ))
+}
+
 pub async fn show_page(
     state: &AppState,
     ctx: PageCtx,
@@ -710,13 +737,7 @@ pub async fn show_page(
         super::applications::cannot_apply(state, user, &posting, &access).await?
     };
     let may_apply = access.audience && cannot_apply.is_none() && mine.is_none();
-    let connection_ok = match posting.kind.posted_by() {
-        OrgKind::University => true,
-        OrgKind::Company => {
-            orgs::connection_state(&state.db, &posting.org_id, &posting.university_id).await?
-                == Some(ConnectionState::Approved)
-        }
-    };
+    let connection_ok = connected(state, &posting).await?;
     Ok(ShowPage {
         ctx,
         body_html: super::markdown::render(&posting.body),
@@ -770,18 +791,7 @@ pub async fn submit(
     Path(id): Path<String>,
 ) -> AppResult<Redirect> {
     let (posting, _) = own_posting(&state, &user, &id).await?;
-    if posting.kind.posted_by() == OrgKind::Company
-        && orgs::connection_state(&state.db, &posting.org_id, &posting.university_id).await?
-            != Some(ConnectionState::Approved)
-    {
-        return Err(refused(
-            "not_connected",
-            format!(
-                "{} is not approved to post to {} students. A company admin asks to connect on the company's page; a university admin approves it.",
-                posting.org_name, posting.university_name
-            ),
-        ));
-    }
+    ensure_connected(&state, &posting).await?;
     move_posting(
         &state,
         &posting,
@@ -853,18 +863,7 @@ pub async fn approve(
     Form(form): Form<ReviewForm>,
 ) -> AppResult<Redirect> {
     let posting = reviewed_posting(&state, &user, &id).await?;
-    if posting.kind.posted_by() == OrgKind::Company
-        && orgs::connection_state(&state.db, &posting.org_id, &posting.university_id).await?
-            != Some(ConnectionState::Approved)
-    {
-        return Err(refused(
-            "not_connected",
-            format!(
-                "Approve {}'s connection to {} first.",
-                posting.org_name, posting.university_name
-            ),
-        ));
-    }
+    ensure_connected(&state, &posting).await?;
     let comment = parse_optional_text(&form.comment, 2000).map_err(AppError::BadRequest)?;
     move_posting(
         &state,
@@ -944,6 +943,7 @@ pub async fn open(
     Path(id): Path<String>,
 ) -> AppResult<Redirect> {
     let (posting, _) = own_posting(&state, &user, &id).await?;
+    ensure_connected(&state, &posting).await?;
     if posting.apply_by.is_some_and(|d| d < now()) {
         return Err(refused(
             "apply_by_passed",
