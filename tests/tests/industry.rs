@@ -139,6 +139,19 @@ async fn open_internship(w: &World, title: &str) -> String {
     id
 }
 
+/// The student applies with a statement and a CV; returns the application id.
+async fn apply_with_cv(b: &Browser, posting_id: &str, statement: &str, cv_name: &str) -> String {
+    let r = b
+        .post_multipart(
+            &format!("/postings/{posting_id}/apply"),
+            &[("statement", statement)],
+            &[("cv", cv_name, PDF)],
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER, "application sent");
+    location(&r).trim_start_matches("/applications/").to_owned()
+}
+
 async fn state_of(app: &TestApp, id: &str) -> PostingState {
     postings::get(&app.db, id).await.unwrap().unwrap().state
 }
@@ -413,16 +426,13 @@ both_backends!(
         connect(&app, &w).await;
         let id = open_internship(&w, "Summer internship").await;
 
-        let r = w
-            .student
-            .post_multipart(
-                &format!("/postings/{id}/apply"),
-                &[("statement", "I built a Korean intent classifier.")],
-                &[("cv", "이력서.pdf", PDF)],
-            )
-            .await;
-        assert_eq!(r.status(), StatusCode::SEE_OTHER);
-        let app_id = location(&r).trim_start_matches("/applications/").to_owned();
+        let app_id = apply_with_cv(
+            &w.student,
+            &id,
+            "I built a Korean intent classifier.",
+            "이력서.pdf",
+        )
+        .await;
         // Applying twice is refused.
         let r = w
             .student
@@ -548,16 +558,7 @@ both_backends!(
         let w = world(&app).await;
         connect(&app, &w).await;
         let id = open_internship(&w, "Summer internship").await;
-        let r = w
-            .student
-            .post_multipart(
-                &format!("/postings/{id}/apply"),
-                &[("statement", "Hello")],
-                &[("cv", "cv.pdf", PDF)],
-            )
-            .await;
-        assert_eq!(r.status(), StatusCode::SEE_OTHER);
-        let app_id = location(&r).trim_start_matches("/applications/").to_owned();
+        let app_id = apply_with_cv(&w.student, &id, "Hello", "cv.pdf").await;
 
         // Another student of the same university sees the posting but not the application.
         let (other, other_b) = app
