@@ -672,9 +672,7 @@ async fn check_version(state: &AppState, id: &str, dir: PathBuf) -> anyhow::Resu
         .join(INCOMING_DIR)
         .join(format!("check-{id}"));
     let opts = CheckOptions {
-        run: RunOptions {
-            step_scale: CHECK_STEP_SCALE,
-        },
+        run: RunOptions::scaled(CHECK_STEP_SCALE),
         work_dir: Some(work.clone()),
         models_dir: Some(state.config.data_dir.join("models")),
     };

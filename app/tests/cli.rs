@@ -173,3 +173,54 @@ fn help_documents_every_setting() {
         assert!(help.contains(env), "--help lacks {env}");
     }
 }
+
+/// `sanhak lab train` reads its device from `SANHAK_DEVICE` (as the runner
+/// sets it in the sandbox): a name it does not know is a usage error, and a
+/// device this build cannot open ends with status 75 before any training, so
+/// the runner reports the runner's fault rather than the recipe's.
+#[test]
+fn lab_train_takes_its_device_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = concat!(env!("CARGO_MANIFEST_DIR"), "/../labs/fashion-transfer");
+    let recipe = format!("{lab}/solution/recipe.toml");
+    let out = dir.path().join("out");
+    let train = |device: &str| {
+        Command::new(env!("CARGO_BIN_EXE_sanhak"))
+            .args(["lab", "train", lab, "--recipe", &recipe, "--out"])
+            .arg(&out)
+            .args(["--step-scale", "0.01"])
+            .env("SANHAK_DEVICE", device)
+            .env("SANHAK_DATA_DIR", dir.path())
+            .env("SANHAK_LOG", "warn")
+            .output()
+            .expect("run sanhak")
+    };
+
+    let bad = train("tpu:0");
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("`cpu`, `cuda` or `cuda:N`"), "{err}");
+
+    if !sanhak_runner::train::TrainDevice::cuda_built() {
+        let gpu = train("cuda:0");
+        assert_eq!(gpu.status.code(), Some(75));
+        let err = String::from_utf8_lossy(&gpu.stderr);
+        assert!(err.contains("built without the `cuda` feature"), "{err}");
+        assert!(
+            gpu.stdout.is_empty(),
+            "events before the device was open: {}",
+            String::from_utf8_lossy(&gpu.stdout)
+        );
+        assert!(!out.join("model.safetensors").exists());
+    }
+
+    let cpu = train("cpu");
+    assert!(
+        cpu.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cpu.stderr)
+    );
+    let events = String::from_utf8_lossy(&cpu.stdout);
+    assert!(events.contains("\"finished\""), "{events}");
+    assert!(out.join("model.safetensors").is_file());
+}

@@ -17,8 +17,9 @@ use crate::codelab::CodeOutcome;
 use crate::grade::GradeOutcome;
 use crate::lab::{Lab, LabKind};
 use crate::programs::program_for;
+use crate::train::device::{DEVICE_ENV, DEVICE_UNAVAILABLE_EXIT};
 use crate::train::events::{Event, EventSink, FnSink, JsonLinesSink, TeeSink};
-use crate::train::RunOptions;
+use crate::train::{RunOptions, TrainDevice};
 
 /// Step scale of `--quick`.
 pub const QUICK_STEP_SCALE: f64 = 0.25;
@@ -37,6 +38,15 @@ pub struct StepArgs {
     /// installed: labs that can use one fall back to their own base.
     #[arg(long)]
     pub no_pretrained: bool,
+    /// Train on this device: `cpu`, `cuda` or `cuda:N` (CUDA needs a build
+    /// with the `cuda` feature). Inside a runner's sandbox the runner sets
+    /// it for the job's assigned GPU.
+    #[arg(long, env = DEVICE_ENV, default_value = "cpu", value_parser = parse_device)]
+    pub device: TrainDevice,
+}
+
+fn parse_device(s: &str) -> Result<TrainDevice, String> {
+    s.parse()
 }
 
 impl StepArgs {
@@ -49,7 +59,10 @@ impl StepArgs {
         if !(step_scale > 0.0 && step_scale <= 1.0) {
             bail!("--step-scale must be in (0, 1], got {step_scale}");
         }
-        Ok(RunOptions { step_scale })
+        Ok(RunOptions {
+            step_scale,
+            device: self.device,
+        })
     }
 
     /// The shared models folder to use, if any.
@@ -395,6 +408,12 @@ impl LabCommand {
                 steps,
             } => {
                 let opts = steps.options()?;
+                // A device that will not open is the runner's fault: say so
+                // by the exit status before anything of the recipe runs.
+                if let Err(e) = opts.device.open() {
+                    eprintln!("error: {e}");
+                    std::process::exit(DEVICE_UNAVAILABLE_EXIT);
+                }
                 let lab = steps.load_public_lab(&dir, models_dir)?;
                 let recipe = load_recipe(&lab, &recipe)?;
                 let stdout = std::io::stdout();

@@ -116,7 +116,7 @@ fn unmerged_lora_adapters_are_rejected() {
 #[test]
 fn quick_lab_check_of_korean_lm_adapt_passes() {
     let opts = CheckOptions {
-        run: RunOptions { step_scale: 0.1 },
+        run: RunOptions::scaled(0.1),
         work_dir: None,
         models_dir: None,
     };

@@ -133,7 +133,7 @@ fn hostile_checkpoints_are_rejected() {
 fn the_same_recipe_and_seed_give_the_same_model() {
     let lab = lab();
     let recipe = load_recipe(&lab, &lab.dir().join("solution/recipe.toml")).unwrap();
-    let opts = RunOptions { step_scale: 0.02 };
+    let opts = RunOptions::scaled(0.02);
     let run = || {
         let tmp = tempfile::tempdir().unwrap();
         let mut sink = VecSink::default();
@@ -150,7 +150,7 @@ fn the_same_recipe_and_seed_give_the_same_model() {
 #[test]
 fn quick_lab_check_with_the_own_encoder_passes() {
     let opts = CheckOptions {
-        run: RunOptions { step_scale: 0.15 },
+        run: RunOptions::scaled(0.15),
         work_dir: None,
         models_dir: None,
     };
@@ -182,7 +182,7 @@ fn with_minilm_installed_the_lab_fine_tunes_it() {
     assert!(!rejected(&lab, &own).is_empty());
 
     let opts = CheckOptions {
-        run: RunOptions { step_scale: 0.15 },
+        run: RunOptions::scaled(0.15),
         work_dir: None,
         models_dir: Some(models.clone()),
     };

@@ -70,7 +70,7 @@ fn same_recipe_and_seed_give_identical_results() {
 #[test]
 fn quick_lab_check_of_fashion_transfer_passes() {
     let opts = CheckOptions {
-        run: RunOptions { step_scale: 0.25 },
+        run: RunOptions::scaled(0.25),
         work_dir: None,
         models_dir: None,
     };
@@ -100,7 +100,7 @@ fn lab_check_fails_when_the_starter_is_too_good() {
     )
     .unwrap();
     let opts = CheckOptions {
-        run: RunOptions { step_scale: 0.25 },
+        run: RunOptions::scaled(0.25),
         work_dir: None,
         models_dir: None,
     };
@@ -110,5 +110,64 @@ fn lab_check_fails_when_the_starter_is_too_good() {
         report.failures.iter().any(|f| f.contains("starter")),
         "{:?}",
         report.failures
+    );
+}
+
+/// A run asked to train on CUDA trains there or fails before its first step:
+/// it never falls back to the CPU while holding a GPU. On a `cuda` build with
+/// a GPU, the CUDA run must learn as the CPU run does.
+#[test]
+fn a_run_trains_on_the_device_it_is_given_or_not_at_all() {
+    use sanhak_runner::train::TrainDevice;
+
+    let lab = Lab::load(&common::fashion_dir()).unwrap();
+    let recipe = lab
+        .schema()
+        .unwrap()
+        .validate(
+            "learning_rate = 3e-3\nsteps = 20\nbatch_size = 16\neval_every = 10\nseed = 2",
+            "recipe.toml",
+        )
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let cuda = RunOptions {
+        device: TrainDevice::Cuda(0),
+        ..RunOptions::default()
+    };
+    let mut sink = VecSink::default();
+    let result = run_program(&lab, &recipe, &tmp.path().join("cuda"), &cuda, &mut sink);
+    if !TrainDevice::cuda_built() {
+        let e = result
+            .err()
+            .expect("cuda:0 on a build without CUDA")
+            .to_string();
+        assert!(e.contains("built without the `cuda` feature"), "{e}");
+        assert!(
+            !sink.events.iter().any(|e| matches!(e, Event::Step { .. })),
+            "it trained anyway: {:?}",
+            sink.events
+        );
+        assert!(!tmp.path().join("cuda/model.safetensors").exists());
+        return;
+    }
+    let Ok(on_gpu) = result else {
+        // A CUDA build on a host without a usable GPU: the error names the device.
+        let e = result.err().unwrap().to_string();
+        assert!(e.contains("cuda:0"), "{e}");
+        return;
+    };
+    let on_cpu = run_program(
+        &lab,
+        &recipe,
+        &tmp.path().join("cpu"),
+        &RunOptions::default(),
+        &mut VecSink::default(),
+    )
+    .unwrap();
+    let (gpu_metric, _) = graded_metric(&lab, &on_gpu.checkpoint);
+    let (cpu_metric, _) = graded_metric(&lab, &on_cpu.checkpoint);
+    assert!(
+        (gpu_metric - cpu_metric).abs() < 0.05,
+        "CUDA run graded {gpu_metric}, CPU run {cpu_metric}"
     );
 }

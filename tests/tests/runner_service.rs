@@ -696,6 +696,67 @@ async fn a_submission_is_trained_in_bwrap_graded_and_recorded() {
     }
 }
 
+/// A trainer that cannot open the device it was given (here a script that
+/// exits as `sanhak lab train` does then) is the runner's fault: the job goes
+/// back on the queue each time and, after its last attempt, is not gradable
+/// with the reason; the student is never blamed for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trainer_without_its_device_is_an_infrastructure_fault() {
+    if sanhak_sandbox::bwrap_path().is_none() {
+        panic!("bubblewrap is required: install the Debian package `bubblewrap`");
+    }
+    let app = quick_app(Backend::Sqlite).await;
+    let c = class(&app).await;
+    let trainer = app.test_db.dir().join("no-device-trainer");
+    std::fs::write(
+        &trainer,
+        format!(
+            "#!/bin/sh\necho 'error: cannot open training device cuda:0: no CUDA-capable device' >&2\nexit {}\n",
+            sanhak_runner::train::device::DEVICE_UNAVAILABLE_EXIT
+        ),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&trainer, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let worker = sanhak::worker::spawn_in_process(
+        &app.state,
+        app.addr,
+        sanhak::worker::InProcess {
+            trainer: Some(trainer),
+            rlib_cache: None,
+        },
+    )
+    .await
+    .expect("worker");
+    let r = submit(
+        &c.student,
+        &c.course_id,
+        json!({"recipe": recipe("solution/recipe.toml")}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let id = r.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let j = wait_for(&c.student, &id, Duration::from_secs(120), |j| {
+        sanhak::db::jobs::is_final(j["state"].as_str().unwrap_or(""))
+    })
+    .await;
+    assert_eq!(j["state"], "not_gradable", "{j:#}");
+    assert_eq!(j["fault"], "infrastructure", "{j:#}");
+    assert_eq!(j["attempts"], 3, "{j:#}");
+    let message = j["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("training device is unavailable")
+            && message.contains("no CUDA-capable device"),
+        "{j:#}"
+    );
+    worker.abort();
+}
+
 /// A `sanhak` child process with the test's database.
 fn sanhak_process(args: &[&str], db_url: &str, data_dir: &std::path::Path) -> Child {
     Command::new(sanhak_bin())

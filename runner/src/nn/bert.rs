@@ -616,8 +616,8 @@ pub fn build_classifier(
     let dtype = DType::F32;
     let frozen = || VarBuilder::from_tensors(pretrained.clone(), dtype, device);
     let varmap = match (mode, checkpoint) {
-        (FineTuneMode::Full, None) => varmap_from_tensors(pretrained)?,
-        (_, Some(ck)) => varmap_from_tensors(ck)?,
+        (FineTuneMode::Full, None) => varmap_from_tensors(pretrained, device)?,
+        (_, Some(ck)) => varmap_from_tensors(ck, device)?,
         (_, None) => VarMap::new(),
     };
     let (vb, used) = seeded_var_builder_tracked(&varmap, seed, dtype, device);

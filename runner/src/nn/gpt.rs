@@ -236,6 +236,11 @@ impl Gpt {
         &self.cfg
     }
 
+    /// The device the model's weights are on (its inputs must be there too).
+    pub fn device(&self) -> &Device {
+        self.wte.device()
+    }
+
     /// Logits `[B, T, V]` for token ids `[B, T]` (u32), evaluation mode.
     pub fn forward(&self, idx: &Tensor) -> Result<Tensor> {
         self.forward_t(idx, None)

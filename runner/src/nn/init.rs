@@ -92,6 +92,14 @@ impl SimpleBackend for SeededBackend {
                     t.dtype()
                 );
             }
+            // A copy on another device would be a new tensor, not the
+            // variable the optimizer updates: refuse rather than train a copy.
+            if !t.device().same_device(dev) {
+                candle_core::bail!(
+                    "tensor {name}: the variable is on {:?}, the model on {dev:?}",
+                    t.device().location()
+                );
+            }
             return Ok(t.clone());
         }
         let values = {
@@ -156,13 +164,16 @@ pub fn seeded_var_builder_tracked(
 }
 
 /// A `VarMap` whose variables start from the given tensors (pretrained
-/// weights or a checkpoint). The tensors are copied.
-pub fn varmap_from_tensors(tensors: &HashMap<String, Tensor>) -> Result<VarMap> {
+/// weights or a checkpoint), copied onto `device` (where training runs).
+pub fn varmap_from_tensors(tensors: &HashMap<String, Tensor>, device: &Device) -> Result<VarMap> {
     let varmap = VarMap::new();
     {
         let mut data = varmap.data().lock().map_err(|_| poisoned())?;
         for (name, t) in tensors {
-            data.insert(name.clone(), Var::from_tensor(&t.detach())?);
+            data.insert(
+                name.clone(),
+                Var::from_tensor(&t.to_device(device)?.detach())?,
+            );
         }
     }
     Ok(varmap)
@@ -254,7 +265,7 @@ mod tests {
 
         let mut pre = HashMap::new();
         pre.insert("w".to_string(), Tensor::ones((4, 3), DType::F32, &dev)?);
-        let vm = varmap_from_tensors(&pre)?;
+        let vm = varmap_from_tensors(&pre, &dev)?;
         let vb = seeded_var_builder(&vm, 7, DType::F32, &dev);
         let w = vb.get_with_hints((4, 3), "w", linear_init(3))?;
         assert_eq!(w.sum_all()?.to_scalar::<f32>()?, 12.0);

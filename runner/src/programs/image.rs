@@ -101,6 +101,15 @@ impl ImageSet {
     pub fn is_empty(&self) -> bool {
         self.label_vec.is_empty()
     }
+
+    /// This set with its tensors on `dev` (for training there).
+    pub fn to_device(self, dev: &Device) -> Result<Self, candle_core::Error> {
+        Ok(Self {
+            images: self.images.to_device(dev)?,
+            labels: self.labels.to_device(dev)?,
+            label_vec: self.label_vec,
+        })
+    }
 }
 
 fn settings(lab: &Lab) -> Result<Settings, LabError> {
@@ -381,6 +390,8 @@ struct FitPlan<'a> {
     warmup: u64,
     eval_every: u64,
     config: &'a TrainConfig,
+    /// Where to train (the sets must already be there).
+    device: Device,
 }
 
 /// The CNN in training: trainable and frozen tensors by name.
@@ -401,7 +412,7 @@ impl Trainee for CnnTrainee<'_> {
         let idx_t = Tensor::from_vec(
             idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
             idx.len(),
-            &Device::Cpu,
+            self.train.images.device(),
         )?;
         let x = self.train.images.index_select(&idx_t, 0)?;
         let y = self.train.labels.index_select(&idx_t, 0)?;
@@ -436,6 +447,7 @@ fn fit_image(
     let mut weights = BTreeMap::new();
     let mut vars = Vec::new();
     for (name, t) in start {
+        let t = t.to_device(&plan.device)?;
         let group = name.split('.').next().unwrap_or_default();
         if cfg.frozen.iter().any(|f| f == group) {
             weights.insert(name, t);
@@ -482,15 +494,22 @@ fn fit_image(
 }
 
 impl ImageClassifier {
-    fn sets(&self, lab: &Lab, s: &Settings) -> Result<(ImageSet, ImageSet), ProgramError> {
+    /// The training and validation sets, on `dev`.
+    fn sets(
+        &self,
+        lab: &Lab,
+        s: &Settings,
+        dev: &Device,
+    ) -> Result<(ImageSet, ImageSet), ProgramError> {
         let n = s.classes.len();
         let load = |split: &str| -> Result<ImageSet, ProgramError> {
-            load_set(
+            Ok(load_set(
                 &lab.public_file(split, "images")?,
                 &lab.public_file(split, "labels")?,
                 s.label_offset,
                 n,
-            )
+            )?
+            .to_device(dev)?)
         };
         Ok((load(&s.train_split)?, load(&s.valid_split)?))
     }
@@ -552,13 +571,15 @@ impl Program for ImageClassifier {
         let s = settings(lab)?;
         let (b, seed) = base_build(lab)?;
         let n = b.classes.len();
+        let device = opts.device.open()?;
         let load = |split: &str| -> Result<ImageSet, ProgramError> {
-            load_set(
+            Ok(load_set(
                 &lab.public_file(split, "images")?,
                 &lab.public_file(split, "labels")?,
                 b.label_offset,
                 n,
-            )
+            )?
+            .to_device(&device)?)
         };
         let (train, valid) = (load(&b.train_split)?, load(&b.valid_split)?);
         let config = TrainConfig {
@@ -579,6 +600,7 @@ impl Program for ImageClassifier {
             warmup: scale_steps(config.warmup_steps, opts.step_scale).min(total),
             eval_every: scale_steps(config.eval_every, opts.step_scale),
             config: &config,
+            device,
         };
         let start = init_weights(&s, n, seed)?;
         let FitResult { weights, steps, .. } = fit_image(start, &train, &valid, &plan, sink)?;
@@ -649,13 +671,15 @@ impl Program for ImageClassifier {
             )));
         }
         let mut record = RunRecord::start();
-        let (train, valid) = self.sets(lab, &s)?;
+        let device = opts.device.open()?;
+        let (train, valid) = self.sets(lab, &s, &device)?;
         let total = config.total_steps(train.len(), opts.step_scale);
         let plan = FitPlan {
             total_steps: total,
             warmup: scale_steps(config.warmup_steps, opts.step_scale).min(total),
             eval_every: scale_steps(config.eval_every, opts.step_scale),
             config,
+            device,
         };
         let start: BTreeMap<String, Tensor> = self
             .initial_weights(lab, config.seed)?
@@ -879,6 +903,7 @@ mod tests {
             warmup: 0,
             eval_every: 3,
             config: &cfg,
+            device: Device::Cpu,
         };
         let FitResult {
             weights: out,

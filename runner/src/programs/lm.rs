@@ -294,9 +294,9 @@ pub fn window_scores(
             xs.extend(data[*s..*s + len].iter().map(|&v| u32::from(v)));
             ys.extend(data[*s + 1..*s + 1 + len].iter().map(|&v| u32::from(v)));
         }
-        let dev = Device::Cpu;
-        let x = Tensor::from_vec(xs, (group.len(), len), &dev)?;
-        let y = Tensor::from_vec(ys, (group.len(), len, 1), &dev)?;
+        let dev = model.device();
+        let x = Tensor::from_vec(xs, (group.len(), len), dev)?;
+        let y = Tensor::from_vec(ys, (group.len(), len, 1), dev)?;
         let logits = model.forward(&x)?.to_dtype(DType::F64)?;
         let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         let nats: Vec<f64> = logp
@@ -346,6 +346,8 @@ struct FitPlan<'a> {
     eval_every: u64,
     eval_batch: usize,
     config: &'a TrainConfig,
+    /// Where to train.
+    device: Device,
 }
 
 struct FitResult {
@@ -375,14 +377,14 @@ fn fit(
 ) -> Result<FitResult, ProgramError> {
     let cfg = plan.config;
     let t0 = Instant::now();
-    let dev = Device::Cpu;
+    let dev = &plan.device;
     let frozen = |name: &str| cfg.frozen.iter().any(|g| *g == group_of(name));
     // Two ways to train: the weights themselves, or LoRA adapters on a frozen base.
     let (model, vars) = match &cfg.lora {
         None => {
-            let vm = varmap_from_tensors(start)?;
+            let vm = varmap_from_tensors(start, dev)?;
             let model = Gpt::new(
-                seeded_var_builder(&vm, cfg.seed, DType::F32, &dev),
+                seeded_var_builder(&vm, cfg.seed, DType::F32, dev),
                 &plan.gpt,
             )?;
             let vars: Vec<Var> = vars_with_prefix(&vm, &[])?
@@ -397,10 +399,10 @@ fn fit(
             let lora_vm = VarMap::new();
             let spec = LoraSpec::new(
                 &lcfg,
-                seeded_var_builder(&lora_vm, cfg.seed, DType::F32, &dev),
+                seeded_var_builder(&lora_vm, cfg.seed, DType::F32, dev),
             );
             let model = Gpt::new_with_lora(
-                VarBuilder::from_tensors(start.clone(), DType::F32, &dev),
+                VarBuilder::from_tensors(start.clone(), DType::F32, dev),
                 &plan.gpt,
                 Some(&spec),
             )?;
@@ -441,7 +443,7 @@ fn fit(
     let mut step = 0;
     while step < plan.total_steps {
         step += 1;
-        let (x, y) = random_batch(train, cfg.batch_size, block, &mut batch_rng, &dev)?;
+        let (x, y) = random_batch(train, cfg.batch_size, block, &mut batch_rng, dev)?;
         let rng = (plan.gpt.dropout > 0.0).then_some(&mut drop_rng);
         let loss = model.loss_t(&x, &y, rng)?;
         let loss_v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
@@ -652,6 +654,7 @@ impl Program for ByteGpt {
             eval_every: scale_steps(config.eval_every, opts.step_scale),
             eval_batch: s.eval_batch,
             config: &config,
+            device: opts.device.open()?,
         };
         let start = init_weights(&s, seed)?;
         let FitResult { weights, steps, .. } = fit(&start, &train, &valid, &plan, sink)?;
@@ -707,6 +710,7 @@ impl Program for ByteGpt {
             eval_every: scale_steps(config.eval_every, opts.step_scale),
             eval_batch: s.eval_batch,
             config,
+            device: opts.device.open()?,
         };
         let start = self.base_weights(lab, &s)?;
         let FitResult {

@@ -530,11 +530,12 @@ fn encode_all(tokens: &BertTokenizer, texts: &[String]) -> Result<Vec<Vec<u32>>,
         .collect()
 }
 
-/// Runs `f` over `ids` in batches of similar length (less padding), and
-/// returns its per-sentence rows in the original order.
+/// Runs `f` over `ids` in batches of similar length (less padding), built
+/// on `dev`, and returns its per-sentence rows in the original order.
 fn batched_rows(
     ids: &[Vec<u32>],
     pad_id: u32,
+    dev: &Device,
     mut f: impl FnMut(&EncodedBatch) -> candle_core::Result<Tensor>,
 ) -> Result<Tensor, ProgramError> {
     let mut order: Vec<usize> = (0..ids.len()).collect();
@@ -542,7 +543,7 @@ fn batched_rows(
     let mut parts = Vec::new();
     for chunk in order.chunks(EVAL_BATCH) {
         let rows: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
-        let batch = EncodedBatch::from_ids(&rows, pad_id, &Device::Cpu)
+        let batch = EncodedBatch::from_ids(&rows, pad_id, dev)
             .map_err(|e| ProgramError::Other(e.to_string()))?;
         parts.push(f(&batch)?);
     }
@@ -552,17 +553,19 @@ fn batched_rows(
     for (r, &i) in order.iter().enumerate() {
         inverse[i] = r as u32;
     }
-    let inverse = Tensor::from_vec(inverse, ids.len(), &Device::Cpu)?;
+    let inverse = Tensor::from_vec(inverse, ids.len(), dev)?;
     Ok(sorted.index_select(&inverse, 0)?)
 }
 
-/// Predicted class of every sentence (evaluation mode).
+/// Predicted class of every sentence (evaluation mode), with the batches on
+/// `dev` (where the model is).
 fn predict(
     model: &BertClassifier,
     ids: &[Vec<u32>],
     pad_id: u32,
+    dev: &Device,
 ) -> Result<Vec<usize>, ProgramError> {
-    let logits = batched_rows(ids, pad_id, |b| model.forward(b))?;
+    let logits = batched_rows(ids, pad_id, dev, |b| model.forward(b))?;
     argmax_rows(&logits)
 }
 
@@ -580,9 +583,9 @@ fn accuracy(pred: &[usize], labels: &[usize]) -> f64 {
     correct as f64 / labels.len().max(1) as f64
 }
 
-fn labels_tensor(labels: &[usize], idx: &[usize]) -> Result<Tensor, ProgramError> {
+fn labels_tensor(labels: &[usize], idx: &[usize], dev: &Device) -> Result<Tensor, ProgramError> {
     let v: Vec<u32> = idx.iter().map(|&i| labels[i] as u32).collect();
-    Ok(Tensor::from_vec(v, idx.len(), &Device::Cpu)?)
+    Ok(Tensor::from_vec(v, idx.len(), dev)?)
 }
 
 /// A detached copy of every variable of `varmap` (the trainable state).
@@ -606,6 +609,8 @@ struct Job<'a> {
     total_steps: u64,
     warmup: u64,
     eval_every: u64,
+    /// Where to train.
+    device: &'a Device,
 }
 
 /// Head-only training on pooled features computed once.
@@ -625,16 +630,17 @@ impl Trainee for HeadTrainee<'_> {
 
     fn batch_loss(&mut self) -> Result<Tensor, ProgramError> {
         let idx = self.sampler.next_batch();
+        let dev = self.train_x.device();
         let idx_t = Tensor::from_vec(
             idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
             idx.len(),
-            &Device::Cpu,
+            dev,
         )?;
         let x = self.train_x.index_select(&idx_t, 0)?;
         let logits = self.model.head_t(&x, Some(&mut self.rng))?;
         Ok(candle_nn::loss::cross_entropy(
             &logits,
-            &labels_tensor(self.train_labels, &idx)?,
+            &labels_tensor(self.train_labels, &idx, dev)?,
         )?)
     }
 
@@ -659,6 +665,7 @@ struct EncoderTrainee<'a> {
     valid_labels: &'a [usize],
     sampler: BatchSampler,
     rng: StdRng,
+    device: &'a Device,
 }
 
 impl Trainee for EncoderTrainee<'_> {
@@ -667,17 +674,17 @@ impl Trainee for EncoderTrainee<'_> {
     fn batch_loss(&mut self) -> Result<Tensor, ProgramError> {
         let idx = self.sampler.next_batch();
         let rows: Vec<Vec<u32>> = idx.iter().map(|&i| self.train_ids[i].clone()).collect();
-        let batch = EncodedBatch::from_ids(&rows, self.pad_id, &Device::Cpu)
+        let batch = EncodedBatch::from_ids(&rows, self.pad_id, self.device)
             .map_err(|e| ProgramError::Other(e.to_string()))?;
         Ok(self.model.loss_t(
             &batch,
-            &labels_tensor(self.train_labels, &idx)?,
+            &labels_tensor(self.train_labels, &idx, self.device)?,
             Some(&mut self.rng),
         )?)
     }
 
     fn validate(&mut self) -> Result<f64, ProgramError> {
-        let pred = predict(&self.model, &self.valid_ids, self.pad_id)?;
+        let pred = predict(&self.model, &self.valid_ids, self.pad_id, self.device)?;
         Ok(accuracy(&pred, self.valid_labels))
     }
 
@@ -713,7 +720,7 @@ fn finetune(
         &mode,
         None,
         cfg.seed,
-        &Device::Cpu,
+        job.device,
     )
     .map_err(|e| ProgramError::Other(e.to_string()))?;
     let frozen_embeddings =
@@ -761,7 +768,7 @@ fn finetune(
     let sampler = BatchSampler::new(job.train.len(), cfg.batch_size, cfg.seed);
     let rng = StdRng::seed_from_u64(cfg.seed ^ 0x0d20_f0a7);
     let fitted = if matches!(mode, FineTuneMode::HeadOnly) {
-        let pooled = |ids: &[Vec<u32>]| batched_rows(ids, pad_id, |b| model.pooled(b));
+        let pooled = |ids: &[Vec<u32>]| batched_rows(ids, pad_id, job.device, |b| model.pooled(b));
         let (train_x, valid_x) = (pooled(&train_ids)?, pooled(&valid_ids)?);
         let mut t = HeadTrainee {
             model,
@@ -785,6 +792,7 @@ fn finetune(
             valid_labels: &job.valid.labels,
             sampler,
             rng,
+            device: job.device,
         };
         fit(&mut t, &mut opt, &plan, sink)?
     };
@@ -796,7 +804,7 @@ fn finetune(
         &mode,
         Some(&fitted.weights),
         cfg.seed,
-        &Device::Cpu,
+        job.device,
     )
     .map_err(|e| ProgramError::Other(e.to_string()))?;
     Ok(Fitted {
@@ -952,6 +960,7 @@ impl Program for SentenceClassifier {
             ..TrainConfig::default()
         };
         let total = scale_steps(b.steps, opts.step_scale);
+        let device = opts.device.open()?;
         // The vocabulary first: the most frequent words of the base split.
         let vocab_json = build_vocabulary(&train.texts, s.encoder.vocab_size, s.encoder.min_count)?;
         let vocab_path = lab.dir().join(&s.encoder.tokenizer);
@@ -990,6 +999,7 @@ impl Program for SentenceClassifier {
             total_steps: total,
             warmup: scale_steps(config.warmup_steps, opts.step_scale).min(total),
             eval_every: (total / 5).max(1),
+            device: &device,
         };
         let fitted = finetune(&job, sink)?;
         let encoder: BTreeMap<String, Tensor> = fitted
@@ -1056,6 +1066,7 @@ impl Program for SentenceClassifier {
         let backbone = backbone(lab)?;
         let (train, valid) = self.sets(lab, &s)?;
         let total = config.total_steps(train.len(), opts.step_scale);
+        let device = opts.device.open()?;
         let job = Job {
             backbone: &backbone,
             labels: s.labels.len(),
@@ -1065,6 +1076,7 @@ impl Program for SentenceClassifier {
             total_steps: total,
             warmup: scale_steps(config.warmup_steps, opts.step_scale).min(total),
             eval_every: scale_steps(config.eval_every, opts.step_scale),
+            device: &device,
         };
         let fitted = {
             let mut tee = TeeSink {
@@ -1093,7 +1105,7 @@ impl Program for SentenceClassifier {
         let b = backbone(lab)?;
         let model = classifier_from(&b.config, weights, s.labels.len())?;
         let ids = encode_all(&b.tokens, &set.texts)?;
-        let preds = predict(&model, &ids, b.tokens.pad_id())?;
+        let preds = predict(&model, &ids, b.tokens.pad_id(), &Device::Cpu)?;
         let examples = preds
             .iter()
             .zip(&set.labels)
@@ -1184,7 +1196,7 @@ mod tests {
         let ids: Vec<Vec<u32>> = (0..150u32)
             .map(|i| vec![1; 1 + (i as usize * 7) % 13])
             .collect();
-        let rows = batched_rows(&ids, 0, |b| {
+        let rows = batched_rows(&ids, 0, &Device::Cpu, |b| {
             b.attention_mask.to_dtype(DType::F32)?.sum_keepdim(1)
         })
         .unwrap();

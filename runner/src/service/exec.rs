@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use sanhak_sandbox::{self as sandbox, Bind, Limits, LineAction, SandboxSpec, WorkDir};
+use sanhak_sandbox::{self as sandbox, Bind, Limits, LineAction, SandboxSpec, Status, WorkDir};
 
 use super::cache::LabDirs;
 use super::gpu::GpuAssignment;
@@ -25,6 +25,7 @@ use crate::codelab::{self, finetune, CodeOutcome, GradeOptions, GradeProgress};
 use crate::grade::{self, GradeOutcome};
 use crate::lab::Lab;
 use crate::protocol::{self, Fault, JobEvent, JobSpec, Outcome, Phase, SubmissionKind, Usage};
+use crate::train::device::DEVICE_UNAVAILABLE_EXIT;
 use crate::train::events::Event;
 
 /// Where the trainer binary, the lab and the shared models appear in a sandbox.
@@ -290,6 +291,19 @@ impl Executor {
                 .find(|l| !l.trim().is_empty())
                 .unwrap_or("")
                 .trim();
+            // The trainer is trusted code: this status means it could not
+            // open the device this runner assigned (see `train::device`).
+            if outcome.status
+                == (Status::Exited {
+                    code: DEVICE_UNAVAILABLE_EXIT,
+                })
+            {
+                return JobEnd::fail(
+                    Fault::Infrastructure,
+                    format!("the runner's training device is unavailable: {last}"),
+                    usage,
+                );
+            }
             let mut message = format!("training {}", outcome.status.describe(&spec.limits));
             if !last.is_empty() {
                 message.push_str(": ");

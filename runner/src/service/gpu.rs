@@ -655,7 +655,7 @@ pub fn cuda_visible_devices(gpus: &[HostGpu]) -> String {
 
 /// The environment variable that tells the trainer which device to train on
 /// (`cuda:0` is the first of the job's GPUs, `cpu` when it has none).
-pub const DEVICE_ENV: &str = "SANHAK_DEVICE";
+pub use crate::train::device::DEVICE_ENV;
 
 impl GpuAssignment {
     /// The device the trainer should use: `cuda:0` (the first GPU visible

@@ -8,8 +8,10 @@
 //! - [`BatchSampler`]: seeded shuffles, so a run is deterministic for its seed.
 //! - [`events`]: the JSON-lines events and their sinks.
 //! - [`checkpoint`]: safetensors writing.
+//! - [`device`]: the device a run trains on (`SANHAK_DEVICE`).
 
 pub mod checkpoint;
+pub mod device;
 pub mod events;
 
 use std::collections::BTreeMap;
@@ -23,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::lab::Direction;
 use crate::recipe::Recipe;
+pub use device::TrainDevice;
 pub use events::{Event, EventSink};
 
 /// Errors of the training machinery.
@@ -182,11 +185,27 @@ pub fn scale_steps(steps: u64, scale: f64) -> u64 {
 pub struct RunOptions {
     /// Multiplies steps, warmup and evaluation intervals (1.0 = full run).
     pub step_scale: f64,
+    /// Where training runs (evaluation by the grader is always on the CPU).
+    #[serde(default)]
+    pub device: TrainDevice,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        Self { step_scale: 1.0 }
+        Self {
+            step_scale: 1.0,
+            device: TrainDevice::Cpu,
+        }
+    }
+}
+
+impl RunOptions {
+    /// These options with step counts scaled by `step_scale`, on the CPU.
+    pub fn scaled(step_scale: f64) -> Self {
+        Self {
+            step_scale,
+            ..Self::default()
+        }
     }
 }
 
