@@ -10,10 +10,13 @@
 //! The claim is the one place where the two backends differ:
 //! - PostgreSQL ranks a bounded candidate set (the oldest eligible jobs of
 //!   each course plus every job due soon, found through indexes), locks the
-//!   best one no other runner holds with `FOR UPDATE SKIP LOCKED` in a
-//!   transaction, takes an advisory lock on the student and course, and
-//!   re-checks the per-student limit, so concurrent runners never block each
-//!   other and never break the limit;
+//!   best one no other runner holds with `FOR UPDATE SKIP LOCKED`, takes an
+//!   advisory lock on the student and course, and re-checks the per-student
+//!   limit with a fresh snapshot, so concurrent runners never block each
+//!   other and never break the limit. These steps run inside the database as
+//!   one function call, `sanhak_claim` ([`pg_claim_function`], installed by
+//!   [`Db::migrate`](super::Db::migrate)): one round trip per claim instead
+//!   of six;
 //! - SQLite claims with a single `UPDATE … RETURNING`, which holds the write
 //!   lock for the whole statement.
 
@@ -322,17 +325,14 @@ ORDER BY
   j.enqueued_ms, j.id
 LIMIT 1";
 
-/// The same order on PostgreSQL, without sorting the whole queue: each
-/// course that has jobs contributes its oldest eligible few (an index scan per
-/// course), plus every job due within the window; only those are ranked.
-/// The best job no other runner holds is locked (`FOR UPDATE OF j SKIP LOCKED`).
+/// The same order on PostgreSQL, without sorting the whole queue or counting
+/// every running job: each course that has jobs contributes its oldest
+/// eligible few (an index scan per course), plus every job due within the
+/// window; running jobs are counted only for those candidates' students and
+/// courses (through indexes); only those candidates are ranked, best first.
+/// [`pg_claim_function`] locks the first one no other runner holds.
 const PG_CANDIDATES: &str = "\
-WITH active AS (
-    SELECT course_id, user_id, COUNT(*) AS n FROM jobs WHERE state IN ('leased', 'running', 'grading')
-    GROUP BY course_id, user_id
-), load AS (
-    SELECT course_id, SUM(n) AS n FROM active GROUP BY course_id
-), cand AS (
+WITH cand AS (
     SELECT w.id, w.user_id, w.course_id, w.due_at_ms, w.enqueued_ms FROM course_usage cu
     CROSS JOIN LATERAL (
         SELECT j.id, j.user_id, j.course_id, j.due_at_ms, j.enqueued_ms FROM jobs j
@@ -350,20 +350,84 @@ WITH active AS (
       AND (j.gpu_count = 0 OR j.gpu_memory_mb <= CASE j.gpu_count
             WHEN 1 THEN $3 WHEN 2 THEN $4 WHEN 3 THEN $5 WHEN 4 THEN $6
             WHEN 5 THEN $7 WHEN 6 THEN $8 WHEN 7 THEN $9 WHEN 8 THEN $10 ELSE -1 END)
+      AND (SELECT COUNT(*) FROM jobs r WHERE r.user_id = j.user_id AND r.course_id = j.course_id
+           AND r.state IN ('leased', 'running', 'grading')) < $11
+), load AS (
+    SELECT cc.course_id, (SELECT COUNT(*) FROM jobs x WHERE x.course_id = cc.course_id
+                          AND x.state IN ('leased', 'running', 'grading')) AS n
+    FROM (SELECT DISTINCT course_id FROM cand) cc
 ), ranked AS (
-    SELECT c.id, c.enqueued_ms,
+    SELECT c.id, c.user_id, c.course_id, c.enqueued_ms,
       CASE WHEN c.due_at_ms IS NOT NULL AND c.due_at_ms <= $1 + $12 THEN 0 ELSE 1 END AS urgency,
       COALESCE(u.seconds * $13 / ($13 + ($1 - u.updated_ms)), 0) + COALESCE(l.n, 0) * $14 AS share
     FROM cand c
-    LEFT JOIN active a ON a.course_id = c.course_id AND a.user_id = c.user_id
     LEFT JOIN load l ON l.course_id = c.course_id
     LEFT JOIN course_usage u ON u.course_id = c.course_id
-    WHERE COALESCE(a.n, 0) < $11
 )
-SELECT j.id, j.user_id, j.course_id FROM ranked r JOIN jobs j ON j.id = r.id
-WHERE j.state = 'queued'
-ORDER BY r.urgency, r.share, r.enqueued_ms, r.id
-LIMIT 1 FOR UPDATE OF j SKIP LOCKED";
+SELECT r.id, r.user_id, r.course_id FROM ranked r
+ORDER BY r.urgency, r.share, r.enqueued_ms, r.id";
+
+/// The PostgreSQL claim as a PL/pgSQL function (SQLite has none; its claim
+/// is one statement). Its parameters are those of [`PG_CANDIDATES`] ($1–$14,
+/// which the query text uses as they are), then the runner id, the new lease
+/// and its expiry.
+/// - It walks the ranked candidates and locks the first that is still queued
+///   and that no other runner holds (`FOR UPDATE SKIP LOCKED` on its primary
+///   key), so it never waits on another claim.
+/// - It then takes the advisory lock of that student in that course and
+///   counts the student's running jobs. Each statement of a volatile function
+///   sees what committed before it began, so that count is fresh.
+/// - When another claim of the same student won the race, the next round's
+///   candidates no longer include that student's jobs.
+/// - The claim commits without waiting for its WAL flush
+///   (`synchronous_commit` off for this transaction only). A claim lost to a
+///   database crash leaves the job queued, and the runner that thought it
+///   held the job is refused at its first heartbeat or report (the lease no
+///   longer matches), so nothing is graded twice or lost. Results, failures
+///   and submissions still commit durably.
+pub fn pg_claim_function() -> String {
+    format!(
+        "CREATE OR REPLACE FUNCTION sanhak_claim(
+    BIGINT, BIGINT, BIGINT, BIGINT, BIGINT, BIGINT, BIGINT, BIGINT, BIGINT, BIGINT,
+    BIGINT, BIGINT, BIGINT, DOUBLE PRECISION, TEXT, TEXT, BIGINT)
+RETURNS SETOF jobs LANGUAGE plpgsql VOLATILE AS $claim$
+DECLARE
+    pick RECORD;
+    locked BOOLEAN;
+    running BIGINT;
+    claimed jobs%ROWTYPE;
+BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);
+    FOR attempt_no IN 1..8 LOOP
+        locked := FALSE;
+        FOR pick IN {PG_CANDIDATES}
+        LOOP
+            PERFORM 1 FROM jobs WHERE id = pick.id AND state = 'queued' FOR UPDATE SKIP LOCKED;
+            IF FOUND THEN
+                locked := TRUE;
+                EXIT;
+            END IF;
+        END LOOP;
+        IF NOT locked THEN
+            RETURN;
+        END IF;
+        PERFORM pg_advisory_xact_lock(hashtextextended(pick.course_id || chr(1) || pick.user_id, 0));
+        SELECT COUNT(*) INTO running FROM jobs
+            WHERE user_id = pick.user_id AND course_id = pick.course_id
+              AND state IN ('leased', 'running', 'grading');
+        IF running < $11 THEN
+            UPDATE jobs SET state = 'leased', attempts = attempts + 1, runner_id = $15,
+                lease = $16, lease_expires_ms = $17
+                WHERE id = pick.id RETURNING * INTO claimed;
+            RETURN NEXT claimed;
+            RETURN;
+        END IF;
+    END LOOP;
+    RETURN;
+END
+$claim$"
+    )
+}
 
 /// Columns of a claimed job.
 const CLAIMED_COLUMNS: &str = "id, submission_id, lab_id, attempts, lease, cpu_slots, gpu_count, \
@@ -467,66 +531,24 @@ async fn claim_sqlite(
         .transpose()
 }
 
-/// A stable 64-bit key for the advisory lock of one student in one course.
-fn student_lock_key(user_id: &str, course_id: &str) -> i64 {
-    use sha2::{Digest as _, Sha256};
-    let d = Sha256::digest(format!("{course_id}\0{user_id}").as_bytes());
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&d[..8]);
-    i64::from_le_bytes(b)
-}
-
 async fn claim_postgres(
     db: &Db,
     runner_id: &str,
     cap: &Capacity,
     policy: &QueuePolicy,
 ) -> sqlx::Result<Option<Claimed>> {
-    // A round fails when a concurrent claim of the same student's other job
-    // makes the re-check fail; the next round sees it committed.
-    for _ in 0..8 {
-        let now = now_ms();
-        let mut tx = db.begin_write().await?;
-        let Some(row) = bind_candidates(sqlx::query(PG_CANDIDATES), now, cap, policy)
-            .fetch_optional(&mut *tx)
-            .await?
-        else {
-            tx.rollback().await?;
-            return Ok(None);
-        };
-        let id: String = row.try_get(0)?;
-        let user_id: String = row.try_get(1)?;
-        let course_id: String = row.try_get(2)?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(student_lock_key(&user_id, &course_id))
-            .execute(&mut *tx)
-            .await?;
-        let running: i64 = sqlx::query_scalar(&format!(
-            "SELECT COUNT(*) FROM jobs WHERE user_id = $1 AND course_id = $2 AND state IN {ACTIVE}"
-        ))
-        .bind(&user_id)
-        .bind(&course_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        if running >= policy.max_running_per_student {
-            tx.rollback().await?;
-            continue;
-        }
-        let row = sqlx::query(&format!(
-            "UPDATE jobs SET state = 'leased', attempts = attempts + 1, runner_id = $1, lease = $2, \
-             lease_expires_ms = $3 WHERE id = $4 RETURNING {CLAIMED_COLUMNS}"
-        ))
+    let now = now_ms();
+    let sql = format!(
+        "SELECT {CLAIMED_COLUMNS} FROM sanhak_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+         $11, $12, $13, $14, $15, $16, $17)"
+    );
+    let q = bind_candidates(sqlx::query(&sql), now, cap, policy)
         .bind(runner_id)
         .bind(new_id())
-        .bind(now + policy.lease_ms)
-        .bind(&id)
-        .fetch_one(&mut *tx)
-        .await?;
-        let claimed = Claimed::from(ClaimedRow::from_row(&row)?);
-        tx.commit().await?;
-        return Ok(Some(claimed));
-    }
-    Ok(None)
+        .bind(now + policy.lease_ms);
+    let row = q.fetch_optional(&db.pool).await?;
+    row.map(|r| ClaimedRow::from_row(&r).map(Claimed::from))
+        .transpose()
 }
 
 /// What became of expired leases.

@@ -59,6 +59,10 @@ pub type Row = AnyRow;
 
 const SQLITE_BUSY_TIMEOUT_MS: u64 = 5_000;
 
+/// Advisory lock key that serialises installing the claim function when
+/// several app processes start at once ("sanhak" in ASCII).
+const CLAIM_FUNCTION_LOCK: i64 = 0x7361_6e68_616b;
+
 impl Db {
     /// Connects and, for SQLite, creates the file if missing and turns on WAL
     /// mode, a busy timeout and foreign keys on every connection.
@@ -115,7 +119,22 @@ impl Db {
         sqlx::migrate!("../migrations")
             .run(&self.pool)
             .await
-            .context("applying migrations")
+            .context("applying migrations")?;
+        if self.backend == Backend::Postgres {
+            // The queue's claim runs inside PostgreSQL (see `jobs`); replaced
+            // on every start, under a lock, so it always matches this build.
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(CLAIM_FUNCTION_LOCK)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::raw_sql(&jobs::pg_claim_function())
+                .execute(&mut *tx)
+                .await
+                .context("installing the queue's claim function")?;
+            tx.commit().await?;
+        }
+        Ok(())
     }
 }
 

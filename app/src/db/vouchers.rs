@@ -656,18 +656,12 @@ pub async fn settle(
     job_id: &str,
     measured_ms: i64,
 ) -> sqlx::Result<()> {
-    let settled: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM voucher_ledger WHERE job_id = $1 AND kind = 'release'",
-    )
-    .bind(job_id)
-    .fetch_one(&mut **tx)
-    .await?;
-    if settled > 0 {
-        return Ok(());
-    }
+    // The holds still to settle: none once a release is recorded.
     let holds = sqlx::query(
-        "SELECT voucher_id, amount_ms, course_id, user_id, lab_id FROM voucher_ledger \
-         WHERE job_id = $1 AND kind = 'hold' ORDER BY at, id",
+        "SELECT voucher_id, amount_ms, course_id, user_id, lab_id FROM voucher_ledger h \
+         WHERE h.job_id = $1 AND h.kind = 'hold' AND NOT EXISTS \
+           (SELECT 1 FROM voucher_ledger r WHERE r.job_id = $1 AND r.kind = 'release') \
+         ORDER BY h.at, h.id",
     )
     .bind(job_id)
     .fetch_all(&mut **tx)
