@@ -221,15 +221,62 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, Str
     }
 }
 
+/// A layer as the harness holds it: [`LoraLayer`] without its constructor,
+/// behind a pointer. Private, so its method names never meet a submission's.
+trait Layer {
+    fn forward(&self, x: &Tensor) -> crate::Result<Tensor>;
+    fn merge(&self) -> crate::Result<Tensor>;
+    fn lora_a(&self) -> &Var;
+    fn lora_b(&self) -> &Var;
+    fn trainable_vars(&self) -> Vec<Var>;
+}
+
+impl<L: LoraLayer> Layer for L {
+    fn forward(&self, x: &Tensor) -> crate::Result<Tensor> {
+        LoraLayer::forward(self, x)
+    }
+    fn merge(&self) -> crate::Result<Tensor> {
+        LoraLayer::merge(self)
+    }
+    fn lora_a(&self) -> &Var {
+        LoraLayer::lora_a(self)
+    }
+    fn lora_b(&self) -> &Var {
+        LoraLayer::lora_b(self)
+    }
+    fn trainable_vars(&self) -> Vec<Var> {
+        LoraLayer::trainable_vars(self)
+    }
+}
+
+/// `L::new`, boxed.
+type Build = fn(FrozenLinear, LoraConfig, &mut SeededRng) -> crate::Result<Box<dyn Layer>>;
+
+fn build<L: LoraLayer + 'static>(
+    base: FrozenLinear,
+    config: LoraConfig,
+    rng: &mut SeededRng,
+) -> crate::Result<Box<dyn Layer>> {
+    Ok(Box::new(L::new(base, config, rng)?))
+}
+
 /// The entry point of a submission: parses the command line, runs the
 /// subcommand with the layer `L`, and exits (0 success, 1 failure, 2 usage).
-pub fn main<L: LoraLayer>(fine_tune: FineTune) {
+///
+/// Only the few lines that name `L` are compiled with the submission; the
+/// harness itself was compiled once, with labkit, so a submission compiles
+/// in a fraction of the time.
+pub fn main<L: LoraLayer + 'static>(fine_tune: FineTune) {
+    main_with(build::<L>, fine_tune)
+}
+
+fn main_with(build: Build, fine_tune: FineTune) {
     let code = match parse_args(std::env::args().skip(1)) {
         Err(msg) => {
             eprintln!("error: {msg}");
             2
         }
-        Ok(cmd) => match run::<L, _>(&cmd, fine_tune, &mut Reporter::stdout()) {
+        Ok(cmd) => match run_with(build, &cmd, fine_tune, &mut Reporter::stdout()) {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -241,21 +288,30 @@ pub fn main<L: LoraLayer>(fine_tune: FineTune) {
 }
 
 /// Run a parsed command with the layer `L`.
-pub fn run<L: LoraLayer, W: std::io::Write>(
+pub fn run<L: LoraLayer + 'static, W: std::io::Write>(
+    cmd: &Command,
+    fine_tune: FineTune,
+    reporter: &mut Reporter<W>,
+) -> crate::Result<()> {
+    run_with(build::<L>, cmd, fine_tune, reporter)
+}
+
+fn run_with<W: std::io::Write>(
+    build: Build,
     cmd: &Command,
     fine_tune: FineTune,
     reporter: &mut Reporter<W>,
 ) -> crate::Result<()> {
     match cmd {
         Command::Numerics { inputs, out, seed } => {
-            let summary = numerics::<L>(inputs, out, *seed)?;
+            let summary = numerics_with(build, inputs, out, *seed)?;
             reporter.log(format!(
                 "numerics: {} cases, {} failed",
                 summary.cases, summary.failed
             ));
             Ok(())
         }
-        Command::Train(args) => train::<L, W>(args, fine_tune, reporter),
+        Command::Train(args) => train_with(build, args, fine_tune, reporter),
     }
 }
 
@@ -276,7 +332,16 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 
 /// Run every test case of `inputs` through `L` and write the results to `out`.
 /// A case whose layer fails is reported on stderr and left out of `out`.
-pub fn numerics<L: LoraLayer>(
+pub fn numerics<L: LoraLayer + 'static>(
+    inputs: &Path,
+    out: &Path,
+    seed: u64,
+) -> crate::Result<NumericsSummary> {
+    numerics_with(build::<L>, inputs, out, seed)
+}
+
+fn numerics_with(
+    build: Build,
     inputs: &Path,
     out: &Path,
     seed: u64,
@@ -291,7 +356,7 @@ pub fn numerics<L: LoraLayer>(
     for (i, case) in cases.iter().enumerate() {
         let mut case_out = BTreeMap::new();
         let res = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            numerics_case::<L>(&t, case, seed.wrapping_add(i as u64), &mut case_out)
+            numerics_case(build, &t, case, seed.wrapping_add(i as u64), &mut case_out)
         }));
         let err = match res {
             Ok(Ok(())) => None,
@@ -314,7 +379,8 @@ pub fn numerics<L: LoraLayer>(
     })
 }
 
-fn numerics_case<L: LoraLayer>(
+fn numerics_case(
+    build: Build,
     t: &std::collections::HashMap<String, Tensor>,
     case: &str,
     seed: u64,
@@ -342,7 +408,7 @@ fn numerics_case<L: LoraLayer>(
         rank: a.dims2()?.0,
         alpha,
     };
-    let layer = L::new(
+    let layer = build(
         FrozenLinear::new(weight, bias)?,
         config,
         &mut SeededRng::new(seed),
@@ -386,13 +452,13 @@ pub fn learning_rate_at(peak: f64, step: u64, warmup: u64, total: u64) -> f64 {
 }
 
 /// The model of the `train` run: `head(relu(lora(x)))`.
-struct Model<L> {
-    lora: L,
+struct Model {
+    lora: Box<dyn Layer>,
     head_w: Var,
     head_b: Var,
 }
 
-impl<L: LoraLayer> Model<L> {
+impl Model {
     fn logits(&self, x: &Tensor) -> crate::Result<Tensor> {
         let h = self.lora.forward(x)?.relu()?;
         h.matmul(&self.head_w.as_tensor().t()?)?
@@ -425,7 +491,16 @@ fn expect_dims(what: &str, t: &Tensor, dims: &[usize]) -> crate::Result<()> {
 }
 
 /// Fine-tune the lab's model with the layer `L` and write the checkpoint.
-pub fn train<L: LoraLayer, W: std::io::Write>(
+pub fn train<L: LoraLayer + 'static, W: std::io::Write>(
+    args: &TrainArgs,
+    ft: FineTune,
+    reporter: &mut Reporter<W>,
+) -> crate::Result<()> {
+    train_with(build::<L>, args, ft, reporter)
+}
+
+fn train_with<W: std::io::Write>(
+    build: Build,
     args: &TrainArgs,
     ft: FineTune,
     reporter: &mut Reporter<W>,
@@ -473,7 +548,7 @@ pub fn train<L: LoraLayer, W: std::io::Write>(
         rank: ft.rank,
         alpha: ft.alpha,
     };
-    let lora = L::new(
+    let lora = build(
         FrozenLinear::new(fc_w, Some(fc_b.clone()))?,
         config,
         &mut rng.fork(),
