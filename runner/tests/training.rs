@@ -137,10 +137,10 @@ fn a_run_trains_on_the_device_it_is_given_or_not_at_all() {
     let mut sink = VecSink::default();
     let result = run_program(&lab, &recipe, &tmp.path().join("cuda"), &cuda, &mut sink);
     if !TrainDevice::cuda_built() {
-        let e = result
-            .err()
-            .expect("cuda:0 on a build without CUDA")
-            .to_string();
+        let e = match result {
+            Err(e) => e.to_string(),
+            Ok(out) => panic!("cuda:0 trained on a build without CUDA: {out:?}"),
+        };
         assert!(e.contains("built without the `cuda` feature"), "{e}");
         assert!(
             !sink.events.iter().any(|e| matches!(e, Event::Step { .. })),
