@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use sanhak_runner::lab::Lab;
 use sanhak_runner::protocol::{self, LabFile, LabPackage, Resources};
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::{broadcast, watch, Notify};
 
 use crate::db::jobs::{self, QueuePolicy, StoredEvent};
 use crate::db::Db;
@@ -245,6 +245,10 @@ pub struct Queue {
     pub max_wait: Duration,
     /// Step-count scale given to jobs (1.0 in production; small in the demo).
     pub step_scale: f64,
+    /// Set once when the server begins to shut down: waiting claims answer
+    /// "no job" and live streams end (browsers reconnect with the last event
+    /// id), so a graceful shutdown does not wait out long polls.
+    pub stopping: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Queue {
@@ -265,7 +269,20 @@ impl Queue {
             events: broadcast::channel(EVENT_CHANNEL).0,
             max_wait: Duration::from_secs(25),
             step_scale,
+            stopping: watch::channel(false).0,
         }
+    }
+
+    /// Marks the server as shutting down (see [`Queue::stopping`]).
+    pub fn stop(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Resolves once the server is shutting down.
+    pub async fn stopped(&self) {
+        let mut rx = self.stopping.subscribe();
+        // The sender lives as long as the queue, so this only ends on `true`.
+        let _ = rx.wait_for(|stopping| *stopping).await;
     }
 
     /// Wakes every waiting claim.

@@ -93,14 +93,20 @@ impl Application {
         self.listener.local_addr()
     }
 
-    /// Serves until the process receives Ctrl-C or SIGTERM.
+    /// Serves until the process receives Ctrl-C or SIGTERM. Waiting runner
+    /// claims and live streams are ended at once, so the requests in flight
+    /// finish quickly.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let queue = self.state.queue.clone();
         axum::serve(
             self.listener,
             self.router
                 .into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            queue.stop();
+        })
         .await
         .context("serving HTTP")
     }

@@ -805,6 +805,94 @@ impl Drop for Killed {
     }
 }
 
+/// Stopping the server (SIGTERM) answers a runner's waiting claim with "no
+/// job" at once, so `sanhak serve` exits instead of holding its shutdown for
+/// the rest of the long poll (25 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_server_ends_waiting_claims_at_once() {
+    let test_db = TestDb::new(Backend::Sqlite).await;
+    let data = tempfile::tempdir().unwrap();
+    let bind = format!("127.0.0.1:{}", free_port());
+    let app = TestApp::attach(Backend::Sqlite, test_db).await;
+    let c = class(&app).await;
+    let mut server = Killed(sanhak_process(
+        &["serve", "--bind", &bind],
+        &app.test_db.url,
+        data.path(),
+    ));
+    let url = format!("http://{bind}{}", protocol::API_PREFIX);
+    let client = reqwest::Client::new();
+    let mut registered = None;
+    for _ in 0..100 {
+        if let Ok(r) = client
+            .post(format!("{url}/register"))
+            .bearer_auth(&c.runner_token)
+            .json(&registration())
+            .send()
+            .await
+        {
+            registered = Some(r.status());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        registered,
+        Some(StatusCode::OK),
+        "{}",
+        log_tail(data.path(), "serve")
+    );
+    let claim = tokio::spawn({
+        let (client, url, token) = (client.clone(), url.clone(), c.runner_token.clone());
+        async move {
+            let started = Instant::now();
+            let r = client
+                .post(format!("{url}/claim"))
+                .bearer_auth(token)
+                .json(&protocol::Claim {
+                    free_cpu_slots: 2,
+                    free_gpu_memory_mb: vec![],
+                    wait_ms: 60_000,
+                })
+                .send()
+                .await
+                .expect("the claim is answered before the server exits");
+            (r.status(), started.elapsed())
+        }
+    });
+    // Let the claim start waiting (the queue is empty), then stop the server.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stopped = Instant::now();
+    let term = Command::new("kill")
+        .args(["-TERM", &server.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let (status, waited) = claim.await.unwrap();
+    assert_eq!(
+        status,
+        StatusCode::NO_CONTENT,
+        "a stopping server has no job to hand out"
+    );
+    let exit = loop {
+        if let Some(s) = server.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(15),
+            "sanhak serve still running {:?} after SIGTERM:\n{}",
+            stopped.elapsed(),
+            log_tail(data.path(), "serve")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(exit.success(), "{exit}");
+    assert!(
+        waited < Duration::from_secs(15),
+        "the claim waited {waited:?}, as if the server were not stopping"
+    );
+}
+
 /// The faults, with real processes: `sanhak serve` and `sanhak worker`.
 async fn fault_story(backend: Backend) {
     let test_db = TestDb::new(backend).await;

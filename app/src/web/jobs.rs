@@ -127,6 +127,9 @@ pub async fn stream(
                     if matches!(&sent_state, Some((s, _)) if s == "queued") { QUEUED_POLL } else { POLL }
                 ) => {}
                 () = tx.closed() => return,
+                // The server is stopping; the browser reconnects with the
+                // last event id it saw.
+                () = state.queue.stopped() => return,
             }
         }
     });

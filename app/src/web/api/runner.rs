@@ -124,6 +124,9 @@ async fn claim(
         tokio::select! {
             () = &mut notified => {}
             () = tokio::time::sleep(nap) => {}
+            // The server is stopping: answer "no job" now rather than hold
+            // the shutdown for the rest of the wait.
+            () = state.queue.stopped() => return Ok(StatusCode::NO_CONTENT.into_response()),
         }
     }
 }
