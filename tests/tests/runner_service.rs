@@ -637,6 +637,44 @@ async fn all_events(api: &Api, id: &str) -> Vec<Value> {
         .unwrap()
 }
 
+/// A runner in the test's process, over loopback, starting `trainer` in its sandboxes.
+async fn in_process_worker(
+    app: &TestApp,
+    trainer: std::path::PathBuf,
+) -> tokio::task::JoinHandle<()> {
+    sanhak::worker::spawn_in_process(
+        &app.state,
+        app.addr,
+        sanhak::worker::InProcess {
+            trainer: Some(trainer),
+            rlib_cache: None,
+        },
+    )
+    .await
+    .expect("worker")
+}
+
+/// Submits the lab's solution recipe as the class's student and waits until
+/// the job ends; returns its id and its final state.
+async fn solution_job(c: &Class, limit: Duration) -> (String, Value) {
+    let r = submit(
+        &c.student,
+        &c.course_id,
+        json!({"recipe": recipe("solution/recipe.toml")}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let id = r.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let j = wait_for(&c.student, &id, limit, |j| {
+        sanhak::db::jobs::is_final(j["state"].as_str().unwrap_or(""))
+    })
+    .await;
+    (id, j)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_submission_is_trained_in_bwrap_graded_and_recorded() {
     if sanhak_sandbox::bwrap_path().is_none() {
@@ -645,31 +683,8 @@ async fn a_submission_is_trained_in_bwrap_graded_and_recorded() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
         let app = quick_app(backend).await;
         let c = class(&app).await;
-        let worker = sanhak::worker::spawn_in_process(
-            &app.state,
-            app.addr,
-            sanhak::worker::InProcess {
-                trainer: Some(sanhak_bin()),
-                rlib_cache: None,
-            },
-        )
-        .await
-        .expect("worker");
-        let r = submit(
-            &c.student,
-            &c.course_id,
-            json!({"recipe": recipe("solution/recipe.toml")}),
-        )
-        .await;
-        assert_eq!(r.status(), StatusCode::CREATED);
-        let id = r.json::<Value>().await.unwrap()["job_id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let j = wait_for(&c.student, &id, Duration::from_secs(240), |j| {
-            sanhak::db::jobs::is_final(j["state"].as_str().unwrap_or(""))
-        })
-        .await;
+        let worker = in_process_worker(&app, sanhak_bin()).await;
+        let (id, j) = solution_job(&c, Duration::from_secs(240)).await;
         assert_eq!(j["state"], "done", "{j:#}");
         assert_eq!(j["outcome"], "graded");
         assert!(j["points"].as_f64().unwrap() > 0.0, "{j:#}");
@@ -720,31 +735,8 @@ async fn a_trainer_without_its_device_is_an_infrastructure_fault() {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(&trainer, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    let worker = sanhak::worker::spawn_in_process(
-        &app.state,
-        app.addr,
-        sanhak::worker::InProcess {
-            trainer: Some(trainer),
-            rlib_cache: None,
-        },
-    )
-    .await
-    .expect("worker");
-    let r = submit(
-        &c.student,
-        &c.course_id,
-        json!({"recipe": recipe("solution/recipe.toml")}),
-    )
-    .await;
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let id = r.json::<Value>().await.unwrap()["job_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let j = wait_for(&c.student, &id, Duration::from_secs(120), |j| {
-        sanhak::db::jobs::is_final(j["state"].as_str().unwrap_or(""))
-    })
-    .await;
+    let worker = in_process_worker(&app, trainer).await;
+    let (_, j) = solution_job(&c, Duration::from_secs(120)).await;
     assert_eq!(j["state"], "not_gradable", "{j:#}");
     assert_eq!(j["fault"], "infrastructure", "{j:#}");
     assert_eq!(j["attempts"], 3, "{j:#}");
